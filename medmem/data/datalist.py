@@ -1,0 +1,56 @@
+"""From a manifest to the lists of dicts that MONAI datasets take."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medmem.data.manifest import SPLITS, load_manifest
+from medmem.paths import resolve_data_root
+
+NOT_IN_MEMORY = -1  # sample_id of entries that are never written to the memory (validation, test)
+
+
+def load_datalist(
+    manifest: str | os.PathLike | dict,
+    split: str,
+    data_root: str | os.PathLike | None = None,
+    regime: int | str | None = None,
+) -> list[dict]:
+    """Entries of ``split`` with absolute image paths, ready for ``monai.data.Dataset``.
+
+    Each entry: ``{"image": abs path or npz ref, "label": int, "sample_id": int, "case_id": str}``.
+    ``sample_id`` is the entry's index in the *full* training list, so the memory addresses a training
+    case the same way in every regime; validation and test entries get ``-1``.
+    ``regime`` (1, 3, 10, 30, 100 percent) selects the nested subset of training.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    m = manifest if isinstance(manifest, dict) else load_manifest(manifest)
+    root = resolve_data_root(data_root)
+    entries = m[split]
+    indices = range(len(entries))
+    if regime is not None and str(regime) not in ("100", "None"):
+        if split != "training":
+            raise ValueError("regimes subset the training split only")
+        key = str(int(float(regime)))
+        if key not in m["regimes"]:
+            raise ValueError(f"regime {regime} not in manifest (has {sorted(m['regimes'], key=float)})")
+        indices = m["regimes"][key]
+    out = []
+    for i in indices:
+        e = entries[i]
+        out.append(
+            {
+                "image": str(Path(root) / e["image"]),
+                "label": int(e["label"]),
+                "sample_id": int(i) if split == "training" else NOT_IN_MEMORY,
+                "case_id": e["image"],
+            }
+        )
+    return out
+
+
+def class_names(manifest: str | os.PathLike | dict) -> list[str]:
+    m = manifest if isinstance(manifest, dict) else load_manifest(manifest)
+    return list(m["classes"])

@@ -1,0 +1,238 @@
+"""MONAI transform chains that turn any supported file into a model-ready tensor.
+
+Evaluation chain (shared by training, evaluation and prediction)::
+
+    load (npz / DICOM / PNG-JPEG-TIFF / NIfTI)  -> channel-first float
+    scale intensity to [0, 1]                     (8-bit: /255; else window or robust percentiles)
+    match spatial dims                            (a 3D volume given to a 2D model: pick a slice)
+    match channels                                (grey <-> RGB, RGBA -> RGB)
+    resize to the model's size
+
+Training adds augmentation after it; augmentation is never part of evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor, NibabelReader, PILReader
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    LoadImage,
+    MapTransform,
+    RandFlipd,
+    RandRotate90d,
+    RandAffined,
+    Resized,
+    Transform,
+)
+
+from medmem.data.readers import DicomReader, ImageLoadError, NpzReader
+
+SLICE_POLICIES = ("middle", "max_area")
+
+
+def make_image_loader() -> LoadImage:
+    """MONAI ``LoadImage`` with medmem's readers; channel-first output, native dtype kept.
+
+    MONAI tries readers in reverse registration order, so npz and DICOM are asked first and
+    PIL / nibabel take the ordinary raster and NIfTI files.
+    """
+    readers = [NibabelReader(), PILReader(reverse_indexing=False), DicomReader(), NpzReader()]
+    return LoadImage(reader=readers, image_only=True, ensure_channel_first=True, dtype=None)
+
+
+class LoadMedicalImage(Transform):
+    """Load one file (or npz reference / DICOM folder) as a channel-first ``MetaTensor``.
+
+    Any failure becomes :class:`ImageLoadError` naming the file, so batch jobs can report it.
+    """
+
+    def __init__(self) -> None:
+        self.loader = make_image_loader()
+
+    def __call__(self, path: str) -> MetaTensor:
+        try:
+            image = self.loader(path)
+        except ImageLoadError:
+            raise
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ImageLoadError(path, f"cannot load image ({reason})") from exc
+        if image.numel() == 0:
+            raise ImageLoadError(path, "image is empty")
+        return image
+
+
+class LoadMedicalImaged(MapTransform):
+    """Dictionary version of :class:`LoadMedicalImage`."""
+
+    def __init__(self, keys: KeysCollection) -> None:
+        super().__init__(keys)
+        self.loader = LoadMedicalImage()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
+
+
+def scale_to_unit(image: torch.Tensor, window: tuple[float, float] | None = None) -> torch.Tensor:
+    """Intensities to [0, 1].
+
+    - 8-bit images (PNG/JPEG/npz): divided by 255, so brightness is comparable across images;
+    - with ``window=(centre, width)`` (e.g. CT): clipped to the window;
+    - otherwise (DICOM, NIfTI): robust min-max between the 0.5th and 99.5th percentiles.
+    """
+    if image.dtype == torch.uint8:
+        return image.float() / 255.0
+    x = image.float()
+    if window is not None:
+        centre, width = window
+        low, high = centre - width / 2.0, centre + width / 2.0
+    else:
+        flat = x.flatten()
+        if flat.numel() > 1_000_000:  # quantile() has a size limit; a strided sample is enough
+            flat = flat[:: flat.numel() // 1_000_000 + 1]
+        low, high = torch.quantile(flat, 0.005).item(), torch.quantile(flat, 0.995).item()
+    if high <= low:
+        return torch.zeros_like(x)
+    return ((x - low) / (high - low)).clamp_(0.0, 1.0)
+
+
+class ScaleIntensityToUnitd(MapTransform):
+    """Dictionary transform around :func:`scale_to_unit`; ``window`` is ``(centre, width)`` or None."""
+
+    def __init__(self, keys: KeysCollection, window: Sequence[float] | None = None) -> None:
+        super().__init__(keys)
+        self.window = tuple(window) if window is not None else None
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = scale_to_unit(d[key], self.window)
+        return d
+
+
+def match_spatial_dims(image: torch.Tensor, spatial_dims: int, slice_policy: str = "middle") -> torch.Tensor:
+    """Bring a channel-first image to ``spatial_dims`` spatial axes.
+
+    Singleton axes are squeezed first. A 3D volume (C, S, H, W) given to a 2D model is reduced to one
+    slice along the first spatial axis: ``middle`` or ``max_area`` (the slice with most signal above
+    the volume mean, a cheap guess at the most informative one). A 2D image given to a 3D model gets
+    a singleton depth axis.
+    """
+    if slice_policy not in SLICE_POLICIES:
+        raise ValueError(f"slice_policy must be one of {SLICE_POLICIES}, got {slice_policy!r}")
+    x = image
+    while x.ndim - 1 > spatial_dims and 1 in x.shape[1:]:
+        axis = 1 + list(x.shape[1:]).index(1)
+        x = x.squeeze(axis)
+    if x.ndim - 1 == spatial_dims:
+        return x
+    if x.ndim - 1 == 3 and spatial_dims == 2:
+        if slice_policy == "middle":
+            index = x.shape[1] // 2
+        else:
+            index = int((x > x.mean()).float().sum(dim=(0, 2, 3)).argmax())
+        return x[:, index]
+    if x.ndim - 1 == 2 and spatial_dims == 3:
+        return x.unsqueeze(1)
+    raise ValueError(f"image of shape {tuple(image.shape)} cannot be made {spatial_dims}D")
+
+
+class MatchSpatialDimsd(MapTransform):
+    def __init__(self, keys: KeysCollection, spatial_dims: int, slice_policy: str = "middle") -> None:
+        super().__init__(keys)
+        self.spatial_dims, self.slice_policy = spatial_dims, slice_policy
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = match_spatial_dims(d[key], self.spatial_dims, self.slice_policy)
+        return d
+
+
+def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """Channel-first image to ``channels`` channels: grey->RGB repeats, RGB->grey takes luminance,
+    RGBA drops alpha."""
+    c = image.shape[0]
+    if c == 4:
+        image, c = image[:3], 3
+    if c == channels:
+        return image
+    if c == 1 and channels == 3:
+        return image.repeat(3, *([1] * (image.ndim - 1)))
+    if c == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype).view(3, *([1] * (image.ndim - 1)))
+        return (image * weights).sum(0, keepdim=True)
+    raise ValueError(f"cannot map {c} channels to {channels}")
+
+
+class MatchChannelsd(MapTransform):
+    def __init__(self, keys: KeysCollection, channels: int) -> None:
+        super().__init__(keys)
+        self.channels = channels
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = match_channels(d[key], self.channels)
+        return d
+
+
+def eval_transforms(
+    image_size: int | Sequence[int],
+    in_channels: int,
+    spatial_dims: int = 2,
+    window: Sequence[float] | None = None,
+    slice_policy: str = "middle",
+    keys: Sequence[str] = ("image",),
+) -> Compose:
+    """Deterministic chain: file -> float tensor (in_channels, *image_size) in [0, 1]."""
+    size = (image_size,) * spatial_dims if isinstance(image_size, int) else tuple(image_size)
+    return Compose(
+        [
+            LoadMedicalImaged(keys),
+            ScaleIntensityToUnitd(keys, window=window),
+            MatchSpatialDimsd(keys, spatial_dims, slice_policy),
+            MatchChannelsd(keys, in_channels),
+            Resized(keys, spatial_size=size, mode="area" if spatial_dims == 2 else "trilinear"),
+            EnsureTyped(keys, dtype=torch.float32, track_meta=False),
+        ]
+    )
+
+
+def augmentations(spatial_dims: int = 2, keys: Sequence[str] = ("image",), rotate90: bool = True) -> list:
+    """Light, label-preserving augmentation for training only: flips, right-angle turns, small affine."""
+    augs: list = [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+    if rotate90 and spatial_dims == 2:
+        augs.append(RandRotate90d(keys, prob=0.5, max_k=3))
+    augs.append(
+        RandAffined(
+            keys,
+            prob=0.5,
+            rotate_range=[0.2] * (1 if spatial_dims == 2 else 3),
+            scale_range=[0.1] * spatial_dims,
+            padding_mode="border",
+        )
+    )
+    return augs
+
+
+def train_transforms(
+    image_size: int | Sequence[int],
+    in_channels: int,
+    spatial_dims: int = 2,
+    window: Sequence[float] | None = None,
+    rotate90: bool = True,
+    keys: Sequence[str] = ("image",),
+) -> Compose:
+    """Evaluation chain followed by augmentation."""
+    base = eval_transforms(image_size, in_channels, spatial_dims, window, keys=keys)
+    return Compose(list(base.transforms) + augmentations(spatial_dims, keys, rotate90))
