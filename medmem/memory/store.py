@@ -1,0 +1,239 @@
+"""The external memory of one memorising attention layer.
+
+Slots are addressed by ``(sample_id, token)``: each written sample owns one row of ``tokens`` slots per
+head. The memory is a set of buffers (never parameters), so it travels in the model's ``state_dict``
+and no gradient can reach it. Rows are appended as new samples arrive and capacity doubles when full,
+so nothing is ever reset.
+
+Write rule (ATMA, attention temporal moving average): a slot already written is updated
+``slot <- m * slot + (1 - m) * new`` and its key re-normalised; a new slot is written as is. ``m = 0``
+is plain overwrite.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from medmem.memory.knn import knn_search
+
+
+class ExternalMemory(nn.Module):
+    """Keys and values of ``num_heads`` heads for ``tokens`` tokens per sample.
+
+    Buffers (S = rows allocated, n = rows written, N = n * tokens entries):
+        keys:   (H, S * tokens, Dh), L2-normalised
+        values: (H, S * tokens, Dh)
+        row_ids: (S,) sample id of each row, -1 where unwritten
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        tokens: int,
+        momentum: float = 0.9,
+        capacity: int = 64,
+        dtype: torch.dtype = torch.float32,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"ATMA momentum must be in [0, 1), got {momentum}")
+        self.num_heads, self.head_dim, self.tokens = num_heads, head_dim, tokens
+        self.momentum, self.backend = momentum, backend
+        self.register_buffer("keys", torch.zeros(num_heads, capacity * tokens, head_dim, dtype=dtype))
+        self.register_buffer("values", torch.zeros(num_heads, capacity * tokens, head_dim, dtype=dtype))
+        self.register_buffer("row_ids", torch.full((capacity,), -1, dtype=torch.long))
+        self.register_buffer("num_rows", torch.zeros((), dtype=torch.long))
+        self.id_to_row: dict[int, int] = {}
+
+    # ----------------------------------------------------------------------------------- bookkeeping
+    @property
+    def num_written(self) -> int:
+        """Samples written so far."""
+        return int(self.num_rows)
+
+    @property
+    def num_entries(self) -> int:
+        """Retrievable entries per head."""
+        return self.num_written * self.tokens
+
+    def sample_ids(self) -> torch.Tensor:
+        """(n,) ids of the written samples, in row order."""
+        return self.row_ids[: self.num_written].clone()
+
+    def _grow(self, rows_needed: int) -> None:
+        capacity = self.row_ids.shape[0]
+        if rows_needed <= capacity:
+            return
+        new_capacity = max(rows_needed, 2 * capacity)
+        extra = new_capacity - capacity
+        pad = torch.zeros(self.num_heads, extra * self.tokens, self.head_dim, dtype=self.keys.dtype, device=self.keys.device)
+        self.keys = torch.cat([self.keys, pad], dim=1)
+        self.values = torch.cat([self.values, pad.clone()], dim=1)
+        self.row_ids = torch.cat([self.row_ids, self.row_ids.new_full((extra,), -1)])
+
+    def clear(self) -> None:
+        self.keys.zero_()
+        self.values.zero_()
+        self.row_ids.fill_(-1)
+        self.num_rows.zero_()
+        self.id_to_row.clear()
+
+    # ----------------------------------------------------------------------------------------- write
+    @torch.no_grad()
+    def write(self, keys: torch.Tensor, values: torch.Tensor, sample_ids: torch.Tensor) -> None:
+        """Write one batch; under torch.distributed every rank writes every rank's batch.
+
+        Args:
+            keys, values: (B, H, tokens, Dh) from the memorising layer (detached here).
+            sample_ids: (B,) ids; negative ids (validation, test, padding) are not written.
+        """
+        keys, values, sample_ids = keys.detach(), values.detach(), sample_ids.detach().long().to(keys.device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            keys, values, sample_ids = _all_gather_batch(keys, values, sample_ids)
+        keep = sample_ids >= 0
+        if not bool(keep.any()):
+            return
+        keys, values, sample_ids = keys[keep], values[keep], sample_ids[keep]
+        # a sample appearing twice in one (gathered) batch: the last copy wins
+        ids_list = sample_ids.tolist()
+        last = {sid: i for i, sid in enumerate(ids_list)}
+        order = sorted(last.values())
+        keys, values = keys[order], values[order]
+        ids_list = [ids_list[i] for i in order]
+
+        rows, is_new = [], []
+        for sid in ids_list:
+            row = self.id_to_row.get(sid)
+            is_new.append(row is None)
+            if row is None:
+                row = self.num_written + sum(is_new[:-1])
+            rows.append(row)
+        self._grow(self.num_written + sum(is_new))
+        for sid, row, new in zip(ids_list, rows, is_new):
+            if new:
+                self.id_to_row[sid] = row
+                self.row_ids[row] = sid
+        self.num_rows += sum(is_new)
+
+        slots = (torch.tensor(rows, device=keys.device)[:, None] * self.tokens + torch.arange(self.tokens, device=keys.device)).reshape(-1)
+        # (B, H, T, Dh) -> (H, B*T, Dh) in slot order
+        new_k = nn.functional.normalize(keys.float(), dim=-1).permute(1, 0, 2, 3).reshape(self.num_heads, -1, self.head_dim)
+        new_v = values.float().permute(1, 0, 2, 3).reshape(self.num_heads, -1, self.head_dim)
+        m = self.momentum
+        if m > 0:
+            old_mask = torch.tensor(is_new, device=keys.device).logical_not().repeat_interleave(self.tokens)
+            old_k, old_v = self.keys[:, slots].float(), self.values[:, slots].float()
+            blend_k = nn.functional.normalize(m * old_k + (1 - m) * new_k, dim=-1)
+            blend_v = m * old_v + (1 - m) * new_v
+            new_k = torch.where(old_mask[None, :, None], blend_k, new_k)
+            new_v = torch.where(old_mask[None, :, None], blend_v, new_v)
+        self.keys[:, slots] = new_k.to(self.keys.dtype)
+        self.values[:, slots] = new_v.to(self.values.dtype)
+
+    @torch.no_grad()
+    def remove(self, sample_ids: list[int]) -> int:
+        """Forget samples: their rows are dropped and the rest compacted. Returns rows removed."""
+        gone = {sid for sid in sample_ids if sid in self.id_to_row}
+        if not gone:
+            return 0
+        keep_rows = [r for r in range(self.num_written) if int(self.row_ids[r]) not in gone]
+        slots = (torch.tensor(keep_rows, dtype=torch.long)[:, None] * self.tokens + torch.arange(self.tokens)).reshape(-1)
+        n = len(keep_rows)
+        kept_k, kept_v, kept_ids = self.keys[:, slots].clone(), self.values[:, slots].clone(), self.row_ids[keep_rows].clone()
+        self.clear()
+        self.keys[:, : n * self.tokens] = kept_k
+        self.values[:, : n * self.tokens] = kept_v
+        self.row_ids[:n] = kept_ids
+        self.num_rows.fill_(n)
+        self.id_to_row = {int(s): r for r, s in enumerate(kept_ids.tolist())}
+        return len(gone)
+
+    # ------------------------------------------------------------------------------------------ read
+    @torch.no_grad()
+    def search(self, queries: torch.Tensor, k: int, exclude_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k memory entries per query token and head, never the querying sample's own.
+
+        Args:
+            queries: (B, H, Tq, Dh), L2-normalised.
+            k: neighbours per query.
+            exclude_ids: (B,) sample id of each query's image (its own entries are skipped), or None.
+
+        Returns:
+            scores (B, H, Tq, k) with -inf where fewer than k entries exist, and entry indices
+            (B, H, Tq, k) into the head's slot axis (0 where invalid).
+        """
+        b, h, tq, _ = queries.shape
+        n = self.num_entries
+        scores = queries.new_full((b, h, tq, k), float("-inf"), dtype=torch.float32)
+        index = torch.zeros(b, h, tq, k, dtype=torch.long, device=queries.device)
+        if n == 0:
+            return scores, index
+        own_rows = torch.full((b,), -1, dtype=torch.long, device=queries.device)
+        if exclude_ids is not None:
+            own_rows = torch.tensor([self.id_to_row.get(int(s), -1) for s in exclude_ids.tolist()], device=queries.device)
+        # ask for enough extra neighbours that k remain after dropping a sample's own tokens
+        extra = self.tokens if bool((own_rows >= 0).any()) else 0
+        for head in range(h):
+            q = queries[:, head].reshape(b * tq, -1)
+            s, i = knn_search(q, self.keys[head, :n], k + extra, self.backend)
+            s, i = s.to(queries.device).view(b, tq, -1), i.to(queries.device).view(b, tq, -1)
+            own = (i // self.tokens) == own_rows[:, None, None]
+            s = s.masked_fill(own, float("-inf"))
+            top = s.topk(min(k, s.shape[-1]), dim=-1)
+            kk = top.values.shape[-1]
+            scores[:, head, :, :kk] = top.values
+            index[:, head, :, :kk] = i.gather(-1, top.indices)
+        return scores, index
+
+    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values at ``index`` (B, H, Tq, k) -> two (B, H, Tq, k, Dh) float tensors."""
+        b, h, tq, k = index.shape
+        flat = index.permute(1, 0, 2, 3).reshape(h, -1)  # (H, B*Tq*k)
+        gather_idx = flat[..., None].expand(-1, -1, self.head_dim)
+        keys = self.keys.gather(1, gather_idx).float().view(h, b, tq, k, -1).permute(1, 0, 2, 3, 4)
+        values = self.values.gather(1, gather_idx).float().view(h, b, tq, k, -1).permute(1, 0, 2, 3, 4)
+        return keys, values
+
+    # ------------------------------------------------------------------------------------ state dict
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # the memory grows during training: take the saved shapes before copying
+        for name in ("keys", "values", "row_ids"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != getattr(self, name).shape:
+                if name != "row_ids" and saved.shape[::2] != getattr(self, name).shape[::2]:
+                    error_msgs.append(
+                        f"memory {prefix}{name}: saved shape {tuple(saved.shape)} does not fit heads/head_dim "
+                        f"{tuple(getattr(self, name).shape[::2])}"
+                    )
+                    continue
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        n = int(self.num_rows)
+        self.id_to_row = {int(s): r for r, s in enumerate(self.row_ids[:n].tolist())}
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, tokens={self.tokens}, momentum={self.momentum}, samples={self.num_written}"
+
+
+def _all_gather_batch(keys: torch.Tensor, values: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate every rank's batch (ranks may hold different batch sizes: pad with id -1)."""
+    world = dist.get_world_size()
+    size = torch.tensor([keys.shape[0]], device=keys.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    biggest = int(max(int(s) for s in sizes))
+    pad = biggest - keys.shape[0]
+    if pad:
+        keys = torch.cat([keys, keys.new_zeros(pad, *keys.shape[1:])])
+        values = torch.cat([values, values.new_zeros(pad, *values.shape[1:])])
+        ids = torch.cat([ids, ids.new_full((pad,), -1)])
+    out = []
+    for t in (keys.contiguous(), values.contiguous(), ids.contiguous()):
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t)
+        out.append(torch.cat(parts))
+    return out[0], out[1], out[2]

@@ -1,0 +1,147 @@
+"""Self-attention that also reads an external memory (MoViT-style), as a drop-in MONAI block.
+
+``MemorySABlock`` subclasses MONAI's ``SABlock`` (same ``qkv`` / ``out_proj`` weights) and adds:
+
+- ``full`` mode: each query token retrieves its top-k memory keys (cosine, own sample excluded while
+  training) and attends over them;
+- ``prototypes`` mode: dense attention over P distilled prototypes per head (no kNN, scriptable);
+- ``off`` mode: exactly MONAI's ``SABlock`` (the plain-ViT baseline, same weight layout).
+
+Local and memory attention are combined either by a learned per-head sigmoid gate
+(``out = g * mem + (1 - g) * local``) or by one softmax over the concatenated local and memory scores.
+Memory scores are cosine similarities times a learned per-head temperature.
+"""
+
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import SABlock, TransformerBlock
+from torch import nn
+
+from medmem.memory.store import ExternalMemory
+
+MEMORY_MODES = ("off", "full", "prototypes")
+COMBINERS = ("gate", "joint")
+MEMORY_QUERIES = ("all", "cls")
+
+
+class MemorySABlock(SABlock):
+    """Multi-head self-attention over the tokens of an image plus an external memory.
+
+    Input and output: (B, T, hidden). Keys/values written to the memory: (B, H, T, Dh).
+    """
+
+    pending_keys: Optional[torch.Tensor]
+    pending_values: Optional[torch.Tensor]
+    last_gate: Optional[torch.Tensor]
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        tokens: int,
+        mode: str = "full",
+        k: int = 32,
+        momentum: float = 0.9,
+        combiner: str = "gate",
+        num_prototypes: int = 256,
+        queries: str = "all",
+        dropout_rate: float = 0.0,
+        qkv_bias: bool = False,
+        memory_backend: str = "auto",
+        memory_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(hidden_size, num_heads, dropout_rate, qkv_bias=qkv_bias)
+        for name, value, allowed in (("mode", mode, MEMORY_MODES), ("combiner", combiner, COMBINERS), ("queries", queries, MEMORY_QUERIES)):
+            if value not in allowed:
+                raise ValueError(f"memory {name} must be one of {allowed}, got {value!r}")
+        self.mode, self.k, self.combiner, self.queries = mode, k, combiner, queries
+        self.memory = ExternalMemory(num_heads, self.dim_head, tokens, momentum, dtype=memory_dtype, backend=memory_backend)
+        self.gate_logit = nn.Parameter(torch.zeros(num_heads))
+        self.log_tau = nn.Parameter(torch.full((num_heads,), math.log(math.sqrt(self.dim_head))))
+        self.register_buffer("proto_keys", torch.zeros(num_heads, num_prototypes, self.dim_head))
+        self.register_buffer("proto_values", torch.zeros(num_heads, num_prototypes, self.dim_head))
+        self.pending_keys: Optional[torch.Tensor] = None
+        self.pending_values: Optional[torch.Tensor] = None
+        self.last_gate: Optional[torch.Tensor] = None
+
+    @torch.jit.unused
+    def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        return SABlock.forward(self, x)
+
+    def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.mode == "off":
+            return self._forward_plain(x)
+        qkv = self.input_rearrange(self.qkv(x))
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, Dh)
+        if self.training and self.mode == "full":
+            self.pending_keys, self.pending_values = k.detach(), v.detach()
+        local_scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.scale  # (B, H, T, T)
+        local_out = torch.softmax(local_scores, dim=-1) @ v  # (B, H, T, Dh)
+
+        nq = 1 if self.queries == "cls" else q.shape[2]
+        qn = F.normalize(q[:, :, :nq], dim=-1)
+        tau = self.log_tau.exp().view(1, -1, 1, 1)
+        if self.mode == "full":
+            mem_cos, mem_values, mem_valid = self._full_memory(qn, sample_ids)  # (B,H,nq,k), (B,H,nq,k,Dh)
+        else:
+            mem_cos = torch.einsum("bhqd,hpd->bhqp", qn, F.normalize(self.proto_keys, dim=-1))
+            mem_values = self.proto_values.unsqueeze(0).unsqueeze(2).expand(q.shape[0], -1, nq, -1, -1)
+            mem_valid = torch.ones_like(mem_cos, dtype=torch.bool)
+        mem_scores = (mem_cos * tau).masked_fill(~mem_valid, -1e4)
+
+        if self.combiner == "gate":
+            mem_weights = torch.softmax(mem_scores, dim=-1) * mem_valid
+            mem_out = torch.einsum("bhqk,bhqkd->bhqd", mem_weights, mem_values)
+            has_memory = mem_valid.any(dim=-1, keepdim=True)  # empty memory: keep the local output
+            gate = torch.sigmoid(self.gate_logit).view(1, -1, 1, 1) * has_memory
+            mixed = gate * mem_out + (1.0 - gate) * local_out[:, :, :nq]
+        else:
+            joint = torch.softmax(torch.cat([local_scores[:, :, :nq], mem_scores], dim=-1), dim=-1)
+            t = k.shape[2]
+            local_w, mem_w = joint[..., :t], joint[..., t:] * mem_valid
+            mixed = local_w @ v + torch.einsum("bhqk,bhqkd->bhqd", mem_w, mem_values)
+            gate = mem_w.sum(dim=-1, keepdim=True)
+        self.last_gate = gate.detach()
+        out = torch.cat([mixed, local_out[:, :, nq:]], dim=2) if nq < q.shape[2] else mixed
+        out = self.out_rearrange(out)
+        return self.drop_output(self.out_proj(out))
+
+    @torch.jit.unused
+    def _full_memory(self, qn: torch.Tensor, sample_ids: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top-k retrieval: cosine (B, H, Tq, k), values (B, H, Tq, k, Dh), validity mask (B, H, Tq, k)."""
+        found, index = self.memory.search(qn.detach(), self.k, sample_ids)
+        mem_keys, mem_values = self.memory.gather(index)
+        cos = torch.einsum("bhqd,bhqkd->bhqk", qn, mem_keys)  # recomputed so gradients reach the query
+        return cos, mem_values, torch.isfinite(found)
+
+    @torch.no_grad()
+    def commit_memory(self, sample_ids: torch.Tensor) -> None:
+        """Write the keys/values of the last training forward for these (B,) sample ids."""
+        if self.pending_keys is None:
+            return
+        self.memory.write(self.pending_keys, self.pending_values, sample_ids)
+        self.pending_keys = self.pending_values = None
+
+
+class ViTBlock(TransformerBlock):
+    """MONAI ``TransformerBlock`` with the call signature shared by all medmem blocks."""
+
+    def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class MemoryTransformerBlock(ViTBlock):
+    """Pre-norm transformer block whose attention is a :class:`MemorySABlock` (same weight names)."""
+
+    def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, tokens: int, dropout_rate: float = 0.0, qkv_bias: bool = False, **memory_kwargs) -> None:
+        super().__init__(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias=qkv_bias)
+        self.attn = MemorySABlock(hidden_size, num_heads, tokens, dropout_rate=dropout_rate, qkv_bias=qkv_bias, **memory_kwargs)
+
+    def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), sample_ids)
+        return x + self.mlp(self.norm2(x))

@@ -1,0 +1,175 @@
+"""MemoryViT: a ViT classifier whose chosen block(s) read an external memory of training images.
+
+Layout (names match ``monai.networks.nets.ViT`` so plain-ViT weights load directly)::
+
+    patch_embedding -> [cls_token ; patches] -> blocks (some memorising) -> norm -> classification_head
+
+Input (B, C, *img_size) with 2 or 3 spatial dims; output logits (B, num_classes): no tuple, no Tanh.
+"""
+
+
+import hashlib
+import json
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from monai.networks.blocks import PatchEmbeddingBlock
+from monai.utils import ensure_tuple_rep
+from torch import nn
+
+from medmem.networks.memory_attention import MEMORY_MODES, MemorySABlock, MemoryTransformerBlock, ViTBlock
+
+# Settings that shape the memory: a memory saved under one of these cannot serve another.
+FINGERPRINT_KEYS = ("in_channels", "img_size", "patch_size", "spatial_dims", "hidden_size", "num_heads", "num_layers", "memory_blocks")
+
+
+class MemoryViT(nn.Module):
+    """Vision transformer with MoViT-style external memory.
+
+    Args:
+        in_channels: input channels.
+        img_size: spatial size (int or per-axis).
+        patch_size: patch size (int or per-axis).
+        num_classes: output logits.
+        spatial_dims: 2 or 3.
+        hidden_size, mlp_dim, num_layers, num_heads, dropout_rate, qkv_bias: ViT settings.
+        memory_blocks: indices of memorising blocks (negative counts from the top); default the last.
+        memory_mode: ``off`` (plain ViT), ``full`` (kNN over the full memory), ``prototypes``.
+        memory_k: neighbours retrieved per query token.
+        atma_momentum: ATMA momentum m (0 = overwrite).
+        combiner: ``gate`` or ``joint``.
+        num_prototypes: prototypes per head for ``prototypes`` mode.
+        memory_queries: ``all`` tokens query the memory, or only ``cls``.
+        memory_backend: kNN backend ``auto``/``torch``/``faiss``.
+        memory_dtype: ``float32`` or ``float16`` storage.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        img_size: Union[int, Sequence[int]],
+        patch_size: Union[int, Sequence[int]],
+        num_classes: int,
+        spatial_dims: int = 2,
+        hidden_size: int = 192,
+        mlp_dim: int = 768,
+        num_layers: int = 6,
+        num_heads: int = 3,
+        dropout_rate: float = 0.0,
+        qkv_bias: bool = True,
+        memory_blocks: Sequence[int] = (-1,),
+        memory_mode: str = "full",
+        memory_k: int = 32,
+        atma_momentum: float = 0.9,
+        combiner: str = "gate",
+        num_prototypes: int = 256,
+        memory_queries: str = "all",
+        memory_backend: str = "auto",
+        memory_dtype: str = "float32",
+    ) -> None:
+        super().__init__()
+        if memory_mode not in MEMORY_MODES:
+            raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
+        img_size = tuple(ensure_tuple_rep(img_size, spatial_dims))
+        patch_size = tuple(ensure_tuple_rep(patch_size, spatial_dims))
+        for i, p in zip(img_size, patch_size):
+            if i % p:
+                raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        memory_blocks = sorted({b % num_layers for b in memory_blocks})
+        self.config = {
+            "in_channels": in_channels, "img_size": list(img_size), "patch_size": list(patch_size),
+            "num_classes": num_classes, "spatial_dims": spatial_dims, "hidden_size": hidden_size,
+            "mlp_dim": mlp_dim, "num_layers": num_layers, "num_heads": num_heads,
+            "dropout_rate": dropout_rate, "qkv_bias": qkv_bias, "memory_blocks": memory_blocks,
+            "memory_mode": memory_mode, "memory_k": memory_k, "atma_momentum": atma_momentum,
+            "combiner": combiner, "num_prototypes": num_prototypes, "memory_queries": memory_queries,
+            "memory_backend": memory_backend, "memory_dtype": memory_dtype,
+        }  # fmt: skip
+        self.tokens = int(np.prod([i // p for i, p in zip(img_size, patch_size)])) + 1
+        self.patch_embedding = PatchEmbeddingBlock(
+            in_channels=in_channels, img_size=img_size, patch_size=patch_size, hidden_size=hidden_size,
+            num_heads=num_heads, proj_type="conv", pos_embed_type="learnable", dropout_rate=dropout_rate,
+            spatial_dims=spatial_dims,
+        )  # fmt: skip
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        memory_kwargs = dict(
+            mode=memory_mode, k=memory_k, momentum=atma_momentum, combiner=combiner, num_prototypes=num_prototypes,
+            queries=memory_queries, memory_backend=memory_backend, memory_dtype=getattr(torch, memory_dtype),
+        )  # fmt: skip
+        self.blocks = nn.ModuleList(
+            MemoryTransformerBlock(hidden_size, mlp_dim, num_heads, self.tokens, dropout_rate, qkv_bias, **memory_kwargs)
+            if i in memory_blocks
+            else ViTBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias=qkv_bias)
+            for i in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(hidden_size)
+        self.classification_head = nn.Linear(hidden_size, num_classes)
+        self.register_buffer("memory_fingerprint", torch.tensor(list(bytes.fromhex(self.fingerprint())), dtype=torch.uint8))
+
+    # ------------------------------------------------------------------------------------- forward
+    def forward_features(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, C, *img_size) -> normalised class-token features (B, hidden)."""
+        x = self.patch_embedding(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        for block in self.blocks:
+            x = block(x, sample_ids)
+        return self.norm(x)[:, 0]
+
+    def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits (B, num_classes). ``sample_ids`` (B,) excludes each image's own memory entries."""
+        return self.classification_head(self.forward_features(x, sample_ids))
+
+    # -------------------------------------------------------------------------------------- memory
+    def memory_layers(self) -> List[MemorySABlock]:
+        return [b.attn for b in self.blocks if isinstance(b.attn, MemorySABlock)]
+
+    def set_memory_mode(self, mode: str) -> None:
+        if mode not in MEMORY_MODES:
+            raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {mode!r}")
+        self.config["memory_mode"] = mode
+        for layer in self.memory_layers():
+            layer.mode = mode
+
+    @torch.no_grad()
+    def commit_memory(self, sample_ids: torch.Tensor) -> None:
+        """Write the last training forward's keys/values of every memorising layer."""
+        for layer in self.memory_layers():
+            layer.commit_memory(sample_ids)
+
+    @torch.no_grad()
+    def write_memory(self, images: torch.Tensor, sample_ids: torch.Tensor) -> None:
+        """Write images into the memory without a gradient step (e.g. to fill or extend it).
+
+        Runs the model in eval mode (no dropout) while still capturing keys/values.
+        """
+        was_training = self.training
+        self.eval()
+        for layer in self.memory_layers():
+            layer.training = True  # capture keys/values; everything else stays in eval behaviour
+        try:
+            self.forward(images, sample_ids)
+            self.commit_memory(sample_ids)
+        finally:
+            self.train(was_training)
+
+    def memory_size(self) -> int:
+        """Samples held by the (first) memorising layer."""
+        layers = self.memory_layers()
+        return layers[0].memory.num_written if layers else 0
+
+    def fingerprint(self) -> str:
+        """sha256 of the settings that shape the memory (not mode, k or combiner)."""
+        blob = json.dumps({k: self.config[k] for k in FINGERPRINT_KEYS}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        saved = state_dict.get(prefix + "memory_fingerprint")
+        if saved is not None and not torch.equal(saved.cpu(), self.memory_fingerprint.cpu()):
+            error_msgs.append(
+                "this checkpoint's memory was written by a MemoryViT of another configuration "
+                f"(fingerprint {bytes(saved.tolist()).hex()[:12]}... != {self.fingerprint()[:12]}...; "
+                f"settings that must match: {', '.join(FINGERPRINT_KEYS)})"
+            )
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
