@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from medmem.memory.knn import knn_search
+from medmem.memory.knn import FAISS_MIN_ENTRIES, knn_search
 
 
 class ExternalMemory(nn.Module):
@@ -91,7 +91,11 @@ class ExternalMemory(nn.Module):
             keys, values: (B, H, tokens, Dh) from the memorising layer (detached here).
             sample_ids: (B,) ids; negative ids (validation, test, padding) are not written.
         """
-        keys, values, sample_ids = keys.detach(), values.detach(), sample_ids.detach().long().to(keys.device)
+        plain = torch.Tensor.as_subclass  # MetaTensor inputs would carry metadata through every op
+        keys, values = plain(keys.detach(), torch.Tensor), plain(values.detach(), torch.Tensor)
+        sample_ids = plain(sample_ids.detach(), torch.Tensor).long().to(keys.device).reshape(-1)
+        if sample_ids.shape[0] != keys.shape[0]:
+            raise ValueError(f"memory write: {keys.shape[0]} images but {sample_ids.shape[0]} sample ids")
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             keys, values, sample_ids = _all_gather_batch(keys, values, sample_ids)
         keep = sample_ids >= 0
@@ -175,18 +179,30 @@ class ExternalMemory(nn.Module):
         own_rows = torch.full((b,), -1, dtype=torch.long, device=queries.device)
         if exclude_ids is not None:
             own_rows = torch.tensor([self.id_to_row.get(int(s), -1) for s in exclude_ids.tolist()], device=queries.device)
-        # ask for enough extra neighbours that k remain after dropping a sample's own tokens
-        extra = self.tokens if bool((own_rows >= 0).any()) else 0
+        excluding = bool((own_rows >= 0).any())
+        exact_torch = self.backend == "torch" or (self.backend == "auto" and n < FAISS_MIN_ENTRIES)
         for head in range(h):
-            q = queries[:, head].reshape(b * tq, -1)
-            s, i = knn_search(q, self.keys[head, :n], k + extra, self.backend)
-            s, i = s.to(queries.device).view(b, tq, -1), i.to(queries.device).view(b, tq, -1)
-            own = (i // self.tokens) == own_rows[:, None, None]
-            s = s.masked_fill(own, float("-inf"))
-            top = s.topk(min(k, s.shape[-1]), dim=-1)
-            kk = top.values.shape[-1]
-            scores[:, head, :, :kk] = top.values
-            index[:, head, :, :kk] = i.gather(-1, top.indices)
+            q = queries[:, head].reshape(b * tq, -1).float()
+            if exact_torch:
+                # exact search with the querying sample's own slots masked before top-k
+                sims = (q @ self.keys[head, :n].float().T).view(b, tq, n)
+                if excluding:
+                    rows = own_rows.clamp(min=0)
+                    own = torch.zeros(b, n // self.tokens, dtype=torch.bool, device=sims.device)
+                    own[torch.arange(b, device=sims.device), rows] = own_rows >= 0
+                    sims = sims.masked_fill(own.repeat_interleave(self.tokens, dim=1)[:, None, :], float("-inf"))
+                top = sims.topk(min(k, n), dim=-1)
+                s, i = top.values, top.indices
+            else:
+                # faiss: ask for enough extra neighbours that k remain after dropping a sample's own
+                s, i = knn_search(q, self.keys[head, :n], k + (self.tokens if excluding else 0), "faiss")
+                s, i = s.to(queries.device).view(b, tq, -1), i.to(queries.device).view(b, tq, -1)
+                s = s.masked_fill((i // self.tokens) == own_rows[:, None, None], float("-inf"))
+                top = s.topk(min(k, s.shape[-1]), dim=-1)
+                s, i = top.values, i.gather(-1, top.indices)
+            kk = s.shape[-1]
+            scores[:, head, :, :kk] = s
+            index[:, head, :, :kk] = i
         return scores, index
 
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
