@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from monai.data import ImageReader
+from monai.data import ImageReader, NibabelReader
 from monai.utils import ensure_tuple
 
 NPZ_REF_SEP = "#"
@@ -213,4 +213,16 @@ class DicomReader(ImageReader):
             if key in first:
                 value = first.get(key)
                 meta[key] = float(value[0] if hasattr(value, "__len__") and not isinstance(value, str) else value)
+        return array, meta
+
+
+# --------------------------------------------------------------------------------------------- NIfTI
+class NativeEndianNibabelReader(NibabelReader):
+    """MONAI's ``NibabelReader`` with big-endian data (e.g. old Analyze-style NIfTI) made native-endian,
+    which torch requires."""
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        array, meta = super().get_data(img)
+        if array.dtype.byteorder not in ("=", "|"):
+            array = array.astype(array.dtype.newbyteorder("="))
         return array, meta

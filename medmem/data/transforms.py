@@ -13,12 +13,13 @@ Training adds augmentation after it; augmentation is never part of evaluation.
 
 from __future__ import annotations
 
+import os
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor, NibabelReader, PILReader
+from monai.data import ImageReader, MetaTensor, PILReader
 from monai.transforms import (
     Compose,
     EnsureTyped,
@@ -31,33 +32,47 @@ from monai.transforms import (
     Transform,
 )
 
-from medmem.data.readers import DicomReader, ImageLoadError, NpzReader
+from medmem.data.readers import DicomReader, ImageLoadError, NativeEndianNibabelReader, NpzReader
 
 SLICE_POLICIES = ("middle", "max_area")
 
 
-def make_image_loader() -> LoadImage:
-    """MONAI ``LoadImage`` with medmem's readers; channel-first output, native dtype kept.
-
-    MONAI tries readers in reverse registration order, so npz and DICOM are asked first and
-    PIL / nibabel take the ordinary raster and NIfTI files.
-    """
-    readers = [NibabelReader(), PILReader(reverse_indexing=False), DicomReader(), NpzReader()]
-    return LoadImage(reader=readers, image_only=True, ensure_channel_first=True, dtype=None)
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img")
 
 
 class LoadMedicalImage(Transform):
     """Load one file (or npz reference / DICOM folder) as a channel-first ``MetaTensor``.
 
-    Any failure becomes :class:`ImageLoadError` naming the file, so batch jobs can report it.
+    The reader is chosen up front (npz reference, NIfTI, raster image, DICOM by suffix, magic or
+    folder) and handed to MONAI's ``LoadImage``, so a reader's own error reaches the user instead of
+    MONAI's generic "no suitable reader". Any failure becomes :class:`ImageLoadError` naming the file.
+    The native dtype is kept (8-bit images stay uint8) for :func:`scale_to_unit`.
     """
 
     def __init__(self) -> None:
-        self.loader = make_image_loader()
+        self.loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=None)
+        self.npz, self.dicom = NpzReader(), DicomReader()
+        self.nifti, self.raster = NativeEndianNibabelReader(), PILReader(reverse_indexing=False)
+
+    def choose_reader(self, path: str) -> ImageReader:
+        name = path.lower()
+        if self.npz.verify_suffix(path):
+            return self.npz
+        if name.endswith(NIFTI_SUFFIXES):
+            return self.nifti
+        if name.endswith(RASTER_SUFFIXES):
+            return self.raster
+        if self.dicom.verify_suffix(path):
+            return self.dicom
+        raise ImageLoadError(path, "unsupported file type (expected DICOM, NIfTI, PNG/JPEG/TIFF or an npz reference)")
 
     def __call__(self, path: str) -> MetaTensor:
+        path = str(path)
         try:
-            image = self.loader(path)
+            if ".npz#" not in path and not os.path.exists(path):
+                raise ImageLoadError(path, "file not found")
+            image = self.loader(path, reader=self.choose_reader(path))
         except ImageLoadError:
             raise
         except Exception as exc:
