@@ -1,0 +1,181 @@
+"""External memory: kNN correctness, self-exclusion, ATMA arithmetic, gradients, save/load, modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medmem.memory import ExternalMemory, knn_search
+from medmem.networks import MemoryViT
+
+H, DH, T = 2, 8, 5
+
+
+def filled_memory(n_samples: int = 12, momentum: float = 0.9, backend: str = "torch", seed: int = 0) -> ExternalMemory:
+    g = torch.Generator().manual_seed(seed)
+    mem = ExternalMemory(H, DH, T, momentum=momentum, capacity=4, backend=backend)
+    ids = torch.arange(100, 100 + n_samples)
+    mem.write(torch.randn(n_samples, H, T, DH, generator=g), torch.randn(n_samples, H, T, DH, generator=g), ids)
+    return mem
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_knn_matches_brute_force(backend):
+    g = torch.Generator().manual_seed(1)
+    keys, queries = torch.randn(500, 16, generator=g), torch.randn(37, 16, generator=g)
+    scores, idx = knn_search(queries, keys, 10, backend)
+    brute = (queries @ keys.T).topk(10, dim=1)
+    torch.testing.assert_close(scores, brute.values, rtol=1e-5, atol=1e-5)
+    assert torch.equal(idx, brute.indices)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_search_excludes_own_sample_and_equals_brute_force(backend):
+    mem = filled_memory(backend=backend)
+    q = F.normalize(torch.randn(3, H, 4, DH), dim=-1)
+    exclude = torch.tensor([100, 105, -1])
+    scores, idx = mem.search(q, k=7, exclude_ids=exclude)
+    owner_rows = idx // T
+    assert not (owner_rows[0] == mem.id_to_row[100]).any()
+    assert not (owner_rows[1] == mem.id_to_row[105]).any()
+    for b in range(3):
+        for h in range(H):
+            sims = q[b, h] @ mem.keys[h, : mem.num_entries].T  # (4, N)
+            if exclude[b] >= 0:
+                row = mem.id_to_row[int(exclude[b])]
+                sims[:, row * T : (row + 1) * T] = float("-inf")
+            brute = sims.topk(7, dim=-1)
+            torch.testing.assert_close(scores[b, h], brute.values, rtol=1e-5, atol=1e-5)
+
+
+def test_unwritten_slots_are_never_returned():
+    mem = ExternalMemory(H, DH, T, capacity=64)  # 64 rows allocated, 2 written
+    mem.write(torch.randn(2, H, T, DH), torch.randn(2, H, T, DH), torch.tensor([7, 9]))
+    q = F.normalize(torch.randn(1, H, 3, DH), dim=-1)
+    scores, idx = mem.search(q, k=20, exclude_ids=torch.tensor([7]))
+    valid = torch.isfinite(scores)
+    assert int(valid.sum(-1).max()) == T  # only sample 9's tokens exist to be found
+    assert set((idx[valid] // T).tolist()) == {mem.id_to_row[9]}
+
+
+def test_atma_arithmetic_over_three_writes():
+    m = 0.75
+    mem = ExternalMemory(1, 4, 1, momentum=m, capacity=1)
+    ks = [torch.randn(1, 1, 1, 4) for _ in range(3)]
+    vs = [torch.randn(1, 1, 1, 4) for _ in range(3)]
+    for k, v in zip(ks, vs):
+        mem.write(k, v, torch.tensor([3]))
+    key = F.normalize(ks[0][0, 0, 0], dim=-1)
+    value = vs[0][0, 0, 0]
+    for k, v in zip(ks[1:], vs[1:]):
+        key = F.normalize(m * key + (1 - m) * F.normalize(k[0, 0, 0], dim=-1), dim=-1)
+        value = m * value + (1 - m) * v[0, 0, 0]
+    torch.testing.assert_close(mem.keys[0, 0], key)
+    torch.testing.assert_close(mem.values[0, 0], value)
+    assert mem.num_written == 1  # three writes of one sample occupy one row
+
+
+def test_momentum_zero_is_overwrite():
+    a, b = ExternalMemory(H, DH, T, momentum=0.0), ExternalMemory(H, DH, T, momentum=0.0)
+    first, second = torch.randn(2, H, T, DH), torch.randn(2, H, T, DH)
+    a.write(first, first, torch.tensor([1, 2]))
+    a.write(second, second, torch.tensor([1, 2]))
+    b.write(second, second, torch.tensor([1, 2]))
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_memory_grows_without_reset_and_forgets():
+    mem = ExternalMemory(H, DH, T, capacity=2)
+    for i in range(5):
+        mem.write(torch.randn(3, H, T, DH), torch.randn(3, H, T, DH), torch.arange(3 * i, 3 * i + 3))
+    assert mem.num_written == 15 and mem.row_ids.shape[0] >= 15
+    kept_values = mem.values[:, 5 * T : 6 * T].clone()  # sample 5
+    assert mem.remove([0, 1, 2]) == 3
+    assert mem.num_written == 12 and 0 not in mem.id_to_row
+    row = mem.id_to_row[5]
+    assert torch.equal(mem.values[:, row * T : (row + 1) * T], kept_values)
+
+
+def tiny_vit(**kw) -> MemoryViT:
+    torch.manual_seed(0)
+    defaults = dict(in_channels=1, img_size=16, patch_size=4, num_classes=3, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=4)
+    defaults.update(kw)
+    return MemoryViT(**defaults)
+
+
+def test_gradients_reach_queries_and_gate_not_memory():
+    model = tiny_vit()
+    x = torch.randn(6, 1, 16, 16)
+    model.write_memory(x, torch.arange(6))
+    model.train()
+    out = model(x, torch.arange(6))
+    out.square().sum().backward()
+    layer = model.memory_layers()[0]
+    assert layer.gate_logit.grad is not None and layer.gate_logit.grad.abs().sum() > 0
+    assert layer.log_tau.grad.abs().sum() > 0  # the memory scores depend on the queries' path
+    assert layer.qkv.weight.grad.abs().sum() > 0
+    assert not layer.memory.keys.requires_grad and layer.memory.keys.grad is None
+    assert all(not b.requires_grad for b in layer.memory.buffers())
+
+
+def test_memory_changes_the_output_and_empty_memory_does_not():
+    model = tiny_vit().eval()
+    x = torch.randn(4, 1, 16, 16)
+    empty = model(x)
+    model.set_memory_mode("off")
+    plain = model(x)
+    torch.testing.assert_close(empty, plain)  # empty memory: gate falls back to local attention
+    model.set_memory_mode("full")
+    model.write_memory(torch.randn(8, 1, 16, 16), torch.arange(8))
+    assert not torch.allclose(model(x), plain)
+
+
+def test_off_mode_equals_monai_vit_with_same_weights():
+    from monai.networks.nets import ViT
+
+    model = tiny_vit(memory_mode="off").eval()
+    vit = ViT(1, 16, 4, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, classification=True, num_classes=3, qkv_bias=True, spatial_dims=2, post_activation=None).eval()
+    result = vit.load_state_dict(model.state_dict(), strict=False)
+    assert result.missing_keys == []
+    x = torch.randn(3, 1, 16, 16)
+    torch.testing.assert_close(model(x), vit(x)[0])
+
+
+def test_prototypes_mode_scripts_and_matches_eager():
+    model = tiny_vit(memory_mode="prototypes", num_prototypes=6).eval()
+    layer = model.memory_layers()[0]
+    layer.proto_keys.normal_()
+    layer.proto_values.normal_()
+    scripted = torch.jit.script(model)
+    x = torch.randn(5, 1, 16, 16)
+    torch.testing.assert_close(scripted(x), model(x))
+
+
+@pytest.mark.parametrize("combiner", ["gate", "joint"])
+@pytest.mark.parametrize("queries", ["all", "cls"])
+def test_2d_3d_odd_batches_and_batch_of_one(combiner, queries):
+    for dims, shape in ((2, (16, 16)), (3, (8, 8, 8))):
+        model = tiny_vit(spatial_dims=dims, img_size=shape[0], combiner=combiner, memory_queries=queries)
+        model.write_memory(torch.randn(3, 1, *shape), torch.arange(3))
+        for b in (1, 3, 7):
+            model.train()
+            out = model(torch.randn(b, 1, *shape), torch.arange(b))
+            assert out.shape == (b, 3) and torch.isfinite(out).all()
+            model.commit_memory(torch.arange(b))
+        assert model.memory_size() == 7
+
+
+def test_state_dict_round_trip_is_exact_and_mismatch_is_refused():
+    model = tiny_vit()
+    model.write_memory(torch.randn(9, 1, 16, 16), torch.arange(9) * 10)
+    fresh = tiny_vit()
+    fresh.load_state_dict(model.state_dict())
+    for a, b in zip(model.memory_layers(), fresh.memory_layers()):
+        assert torch.equal(a.memory.keys, b.memory.keys) and torch.equal(a.memory.values, b.memory.values)
+        assert a.memory.id_to_row == b.memory.id_to_row
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(model.eval()(x), fresh.eval()(x))
+    other = tiny_vit(hidden_size=48)
+    with pytest.raises(RuntimeError, match="another configuration"):
+        other.load_state_dict(model.state_dict())
