@@ -9,7 +9,7 @@ from pathlib import Path
 
 def _cmd_manifest(args: argparse.Namespace) -> int:
     from medmem.data.manifest import ManifestError, check_manifest, load_manifest, write_json_atomic
-    from medmem.data.recipes import RECIPES, build_generic, build_recipe
+    from medmem.data.recipes import build_generic, build_recipe
     from medmem.paths import resolve_data_root
 
     root = resolve_data_root(args.data_root)

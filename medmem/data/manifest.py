@@ -23,8 +23,6 @@ import hashlib
 import json
 import math
 import os
-import random
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +30,8 @@ from typing import Iterable
 
 import numpy as np
 
-from medmem.data.readers import ImageLoadError, make_npz_ref, parse_npz_ref, is_dicom_file
+from medmem.atomic import write_json_atomic  # noqa: F401  (re-exported for callers)
+from medmem.data.readers import ImageLoadError, is_dicom_file, make_npz_ref, parse_npz_ref
 
 SPLITS = ("training", "validation", "test")
 REGIMES = (1, 3, 10, 30, 100)
@@ -392,25 +391,6 @@ def check_manifest(manifest: dict, data_root: Path, verify_hashes: bool = True) 
 
 
 # ------------------------------------------------------------------------------------------- file io
-def write_json_atomic(obj: dict, path: str | os.PathLike) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it, so no half file is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def load_manifest(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from typing import Hashable, Mapping, Sequence
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import ImageReader, MetaTensor, PILReader
@@ -25,9 +24,9 @@ from monai.transforms import (
     EnsureTyped,
     LoadImage,
     MapTransform,
+    RandAffined,
     RandFlipd,
     RandRotate90d,
-    RandAffined,
     Resized,
     Transform,
 )

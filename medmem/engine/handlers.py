@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from medmem.atomic import write_json_atomic
 from medmem.engine.metrics import classification_metrics, plot_confusion_matrix
-from medmem.data.manifest import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

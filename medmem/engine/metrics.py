@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
+
+from medmem.atomic import atomic_path
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
@@ -49,12 +49,9 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: str | os
         for j in range(n):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def stack_pred_label(output: list[dict]) -> tuple:

@@ -75,6 +75,13 @@ class ExternalMemory(nn.Module):
         self.values = torch.cat([self.values, pad.clone()], dim=1)
         self.row_ids = torch.cat([self.row_ids, self.row_ids.new_full((extra,), -1)])
 
+    def _shrink_to_fit(self) -> None:
+        """Release unused rows (e.g. before saving a deployable checkpoint)."""
+        n = max(self.num_written, 1)
+        self.keys = self.keys[:, : n * self.tokens].clone()
+        self.values = self.values[:, : n * self.tokens].clone()
+        self.row_ids = self.row_ids[:n].clone()
+
     def clear(self) -> None:
         self.keys.zero_()
         self.values.zero_()

@@ -64,6 +64,8 @@ class MemorySABlock(SABlock):
         self.log_tau = nn.Parameter(torch.full((num_heads,), math.log(math.sqrt(self.dim_head))))
         self.register_buffer("proto_keys", torch.zeros(num_heads, num_prototypes, self.dim_head))
         self.register_buffer("proto_values", torch.zeros(num_heads, num_prototypes, self.dim_head))
+        # training samples behind each prototype (the "similar cases" a prototype stands for), -1 padded
+        self.register_buffer("proto_members", torch.full((num_heads, num_prototypes, 8), -1, dtype=torch.long))
         self.pending_keys: Optional[torch.Tensor] = None
         self.pending_values: Optional[torch.Tensor] = None
         self.last_gate: Optional[torch.Tensor] = None

@@ -64,7 +64,7 @@ class MemoryViT(nn.Module):
         atma_momentum: float = 0.9,
         combiner: str = "gate",
         num_prototypes: int = 256,
-        memory_queries: str = "all",
+        memory_queries: str = "cls",
         memory_backend: str = "auto",
         memory_dtype: str = "float32",
     ) -> None:

@@ -1,0 +1,156 @@
+"""Prototypical attention learning: distil the full memory into P prototypes per head.
+
+1. Initialise: spherical k-means (faiss) on each head's memory keys; a prototype's value is the mean
+   value of its cluster, and its ``members`` are the training samples that contribute most entries.
+2. Learn: with the backbone frozen, fit prototype keys and values so that each memorising layer's
+   output with prototypes matches its output with the full kNN memory on training images (MSE,
+   normalised by the target's energy), plus a small classification loss on the logits.
+3. Deploy: the model switches to ``prototypes`` mode and its full memory is emptied, so the checkpoint
+   carries only plain tensors (no kNN index) and scripts with TorchScript.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from medmem.memory.store import ExternalMemory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SummaryReport:
+    num_prototypes: int
+    memory_samples: int
+    memory_entries: int
+    steps: int
+    first_loss: float
+    last_loss: float
+    output_rel_error: float  # ||out_proto - out_full|| / ||out_full|| over the last epoch
+
+
+@torch.no_grad()
+def kmeans_prototypes(memory: ExternalMemory, num_prototypes: int, seed: int = 0, members: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """k-means initial prototypes of one memory.
+
+    Returns:
+        keys (H, P, Dh) L2-normalised, values (H, P, Dh), and member sample ids (H, P, members), -1 padded.
+    """
+    import faiss
+
+    n = memory.num_entries
+    if n == 0:
+        raise ValueError("cannot summarise an empty memory: train (or write) it first")
+    h, dh, tokens = memory.num_heads, memory.head_dim, memory.tokens
+    p = min(num_prototypes, n)
+    keys = torch.zeros(h, num_prototypes, dh)
+    values = torch.zeros(h, num_prototypes, dh)
+    member_ids = torch.full((h, num_prototypes, members), -1, dtype=torch.long)
+    row_ids = memory.row_ids[: memory.num_written]
+    for head in range(h):
+        x = memory.keys[head, :n].float().contiguous().numpy()
+        km = faiss.Kmeans(dh, p, niter=20, seed=seed + head, spherical=True, verbose=False, min_points_per_centroid=1)
+        km.train(x)
+        _, assign = km.index.search(x, 1)
+        assign_t = torch.from_numpy(assign[:, 0]).long()
+        counts = torch.bincount(assign_t, minlength=p).clamp(min=1).float()
+        vals = torch.zeros(p, dh).index_add_(0, assign_t, memory.values[head, :n].float()) / counts[:, None]
+        keys[head, :p] = F.normalize(torch.from_numpy(km.centroids).float(), dim=-1)
+        values[head, :p] = vals
+        owners = row_ids[torch.arange(n) // tokens]
+        for proto in range(p):
+            ids, freq = torch.unique(owners[assign_t == proto], return_counts=True)
+            top = ids[freq.argsort(descending=True)[:members]]
+            member_ids[head, proto, : len(top)] = top
+    return keys, values, member_ids
+
+
+def summarize_memory(
+    model: torch.nn.Module,
+    batches: Iterable[dict],
+    num_prototypes: int | None = None,
+    epochs: int = 3,
+    lr: float = 1e-2,
+    ce_weight: float = 0.1,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> SummaryReport:
+    """Distil every memorising layer of ``model`` (a :class:`~medmem.networks.MemoryViT` in ``full``
+    mode with a written memory) into prototypes, in place; returns what happened.
+
+    ``batches`` yields dicts with ``image`` (B, C, ...), ``label`` (B,) and ``sample_id`` (B,), e.g. a
+    DataLoader over the training split with evaluation transforms. It is iterated ``epochs`` times.
+    """
+    layers = model.memory_layers()
+    if not layers:
+        raise ValueError("model has no memorising layer")
+    torch.manual_seed(seed)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    p_count = num_prototypes or layers[0].proto_keys.shape[1]
+    mem_samples, mem_entries = layers[0].memory.num_written, layers[0].memory.num_entries
+    for layer in layers:
+        keys, values, members = kmeans_prototypes(layer.memory, p_count, seed)
+        layer.proto_keys = keys.to(device)
+        layer.proto_values = values.to(device)
+        layer.proto_members = members.to(device)
+    params = [t for layer in layers for t in (layer.proto_keys, layer.proto_values)]
+    for t in params:
+        t.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [layer.register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, out)) for i, layer in enumerate(layers)]
+    steps, first_loss, last_loss = 0, float("nan"), float("nan")
+    err_num = err_den = 0.0
+    try:
+        for epoch in range(epochs):
+            err_num = err_den = 0.0
+            for batch in batches:
+                x = torch.as_tensor(batch["image"]).float().to(device)
+                y = torch.as_tensor(batch["label"]).long().to(device)
+                ids = torch.as_tensor(batch["sample_id"]).long().to(device)
+                model.set_memory_mode("full")
+                with torch.no_grad():
+                    model(x, ids)
+                    targets = {i: t.detach() for i, t in captured.items()}
+                model.set_memory_mode("prototypes")
+                logits = model(x)
+                match = sum(F.mse_loss(captured[i], targets[i]) / targets[i].pow(2).mean().clamp(min=1e-8) for i in targets)
+                loss = match + ce_weight * F.cross_entropy(logits, y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    for layer in layers:
+                        layer.proto_keys.copy_(F.normalize(layer.proto_keys, dim=-1))
+                    err_num += sum(float((captured[i] - targets[i]).pow(2).sum()) for i in targets)
+                    err_den += sum(float(targets[i].pow(2).sum()) for i in targets)
+                if steps == 0:
+                    first_loss = float(loss.detach())
+                last_loss = float(loss.detach())
+                steps += 1
+            logger.info("summarise epoch %d: loss %.4f, relative output error %.4f", epoch + 1, last_loss, (err_num / max(err_den, 1e-12)) ** 0.5)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for t in params:
+            t.requires_grad_(False)
+    for layer in layers:
+        layer.proto_keys = layer.proto_keys.detach()
+        layer.proto_values = layer.proto_values.detach()
+    model.set_memory_mode("prototypes")
+    return SummaryReport(p_count, mem_samples, mem_entries, steps, first_loss, last_loss, (err_num / max(err_den, 1e-12)) ** 0.5)
+
+
+def drop_full_memory(model: torch.nn.Module) -> None:
+    """Empty every memorising layer's full memory (the deployable model carries prototypes only)."""
+    for layer in model.memory_layers():
+        layer.memory.clear()
+        layer.memory._shrink_to_fit()
