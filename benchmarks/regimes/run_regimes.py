@@ -1,0 +1,201 @@
+"""Data-regime study driver: trains and evaluates every (dataset, model, regime, seed) cell through the
+MONAI bundle, and appends one row per cell to ``benchmarks/results/regimes.csv``.
+
+Cells already in the CSV are skipped, so the study resumes after an interruption. Every row can be
+re-made alone, e.g.::
+
+    python benchmarks/regimes/run_regimes.py --dataset pbc_blood_cells_96 --models vit movit --regimes 3 --seeds 0
+
+Models: ``vit`` (memory off), ``movit`` (full memory), ``movit_proto`` (movit after prototype
+summarisation), ``vit_knn`` (k-NN on the trained vit's class-token features), ``logreg`` (logistic
+regression on 28 px pixels). Within a regime all networks get the same steps, schedule and
+augmentation; model selection uses validation only and the test split is read once per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundles" / "movit_classification"
+CONFIGS = BUNDLE / "configs"
+COLUMNS = ["dataset", "model", "regime", "seed", "train_images", "epochs", "acc", "auc", "f1", "wall_s"]
+
+# per-dataset input settings (same for every model)
+DATASETS = {
+    "pbc_blood_cells_96": {"image_size": 64, "patch_size": 8, "in_channels": 3, "rotate90": True},
+    "lc25000_64": {"image_size": 64, "patch_size": 8, "in_channels": 3, "rotate90": True},
+    "brain_tumor_mri": {"image_size": 64, "patch_size": 8, "in_channels": 1, "rotate90": False},
+    "pneumoniamnist": {"image_size": 28, "patch_size": 4, "in_channels": 1, "rotate90": False},
+}
+# optimiser steps per regime (percent of the training split): the same for every network
+STEPS = {1: 300, 3: 500, 10: 800, 30: 1000, 100: 1500}
+BATCH = 64
+
+
+def bundle(configs: list[str], overrides: dict, log: Path) -> None:
+    files = [str(CONFIGS / c) for c in configs]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(files), "--bundle_root", str(BUNDLE)]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", json.dumps(value) if isinstance(value, (bool, list)) else str(value)]
+    with open(log, "a") as fh:
+        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.flush()
+        subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def train_images(manifest: dict, regime: int) -> int:
+    return len(manifest["regimes"][str(regime)]) if str(regime) in manifest["regimes"] else len(manifest["training"])
+
+
+def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Path, manifest: dict) -> dict:
+    n = train_images(manifest, regime)
+    epochs = math.ceil(STEPS[regime] / math.ceil(n / BATCH))
+    mode = {"vit": "off", "movit": "full", "movit_proto": "full"}[model]
+    out = runs / dataset / f"{'vit' if model == 'vit' else 'movit'}_r{regime}_s{seed}"
+    overrides = {
+        "dataset": dataset, "regime": regime, "seed": seed, "epochs": epochs, "val_interval": max(1, epochs // 10),
+        "batch_size": BATCH, "memory_mode": mode, "output_dir": str(out), **DATASETS[dataset],
+    }  # fmt: skip
+    log = out.with_suffix(".log")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    if not (out / "models" / "model_full.pt").exists():
+        bundle(["train.json"], overrides, log)
+    train_s = time.time() - start
+    eval_mode = mode
+    if model == "movit_proto":
+        bundle(["train.json", "summarize.json"], overrides, log)
+        eval_mode = "prototypes"
+    bundle(["train.json", "evaluate.json"], {**overrides, "eval_memory_mode": eval_mode}, log)
+    report = json.loads((out / f"eval_test_{eval_mode}" / "test_metrics.json").read_text())
+    wall = time.time() - start if model != "movit_proto" else time.time() - start + train_s
+    return {"train_images": n, "epochs": epochs, "acc": report["acc"], "auc": report["auc"], "f1": report["f1"], "wall_s": round(wall, 1)}
+
+
+def load_arrays(dataset: str, split: str, regime: int | None, size: int, channels: int):
+    import numpy as np
+    import torch
+
+    import medmem
+
+    items = medmem.data.load_datalist(medmem.engine.resolve_manifest(dataset), split, None, regime)
+    chain = medmem.data.eval_transforms(size, channels)
+    x = torch.stack([chain({"image": d["image"]})["image"] for d in items])
+    return x, np.asarray([d["label"] for d in items])
+
+
+def run_logreg_cell(dataset: str, regime: int, seed: int, manifest: dict) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from medmem.engine.metrics import classification_metrics
+
+    start = time.time()
+    ch = DATASETS[dataset]["in_channels"]
+    xtr, ytr = load_arrays(dataset, "training", regime, 28, ch)
+    xte, yte = load_arrays(dataset, "test", None, 28, ch)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.1, random_state=seed))
+    clf.fit(xtr.flatten(1).numpy(), ytr)
+    probs = _full_proba(clf, xte.flatten(1).numpy(), len(manifest["classes"]))
+    m = classification_metrics(probs, yte, len(manifest["classes"]))
+    return {"train_images": len(ytr), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
+
+
+def _full_proba(clf, x, num_classes: int):
+    import numpy as np
+
+    p = clf.predict_proba(x)
+    full = np.zeros((len(x), num_classes))
+    full[:, clf.classes_] = p
+    return full
+
+
+def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict) -> dict:
+    """k-NN (cosine, k=10, distance-weighted) on the trained plain ViT's class-token features."""
+    import torch
+    from sklearn.neighbors import KNeighborsClassifier
+
+    import medmem
+    from medmem.engine.metrics import classification_metrics
+
+    start = time.time()
+    ckpt = runs / dataset / f"vit_r{regime}_s{seed}" / "models" / "model_full.pt"
+    if not ckpt.exists():
+        raise FileNotFoundError(f"{ckpt}: train the vit cell first")
+    cfg = DATASETS[dataset]
+    net = medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], len(manifest["classes"]), memory_mode="off", dropout_rate=0.1)
+    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    net.eval()
+
+    def features(split, reg):
+        x, y = load_arrays(dataset, split, reg, cfg["image_size"], cfg["in_channels"])
+        with torch.no_grad():
+            f = torch.cat([net.forward_features(x[i : i + 256]) for i in range(0, len(x), 256)])
+        return torch.nn.functional.normalize(f, dim=-1).numpy(), y
+
+    ftr, ytr = features("training", regime)
+    fte, yte = features("test", None)
+    knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(ftr, ytr)
+    m = classification_metrics(_full_proba(knn, fte, len(manifest["classes"])), yte, len(manifest["classes"]))
+    return {"train_images": len(ytr), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
+
+
+def read_rows(path: Path) -> list[dict]:
+    return list(csv.DictReader(open(path))) if path.exists() else []
+
+
+def append_row(path: Path, row: dict) -> None:
+    from medmem.atomic import atomic_path
+
+    rows = read_rows(path) + [row]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--models", nargs="+", default=["vit", "movit", "movit_proto", "vit_knn", "logreg"])
+    p.add_argument("--regimes", nargs="+", type=int, default=[1, 3, 10, 30, 100])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "regimes.csv"))
+    p.add_argument("--runs", default=str(REPO / "runs" / "regimes"), help="where checkpoints and logs go")
+    args = p.parse_args()
+    if not os.environ.get("MEDMEM_DATA_ROOT"):
+        sys.exit("set MEDMEM_DATA_ROOT to the datasets folder")
+    import medmem
+
+    manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(args.dataset))
+    out, runs = Path(args.out), Path(args.runs)
+    for seed in args.seeds:
+        for regime in args.regimes:
+            for model in args.models:
+                done = {(r["dataset"], r["model"], r["regime"], r["seed"]) for r in read_rows(out)}
+                if (args.dataset, model, str(regime), str(seed)) in done:
+                    continue
+                print(f"[{time.strftime('%H:%M:%S')}] {args.dataset} {model} regime {regime}% seed {seed}", flush=True)
+                if model == "logreg":
+                    result = run_logreg_cell(args.dataset, regime, seed, manifest)
+                elif model == "vit_knn":
+                    result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest)
+                else:
+                    result = run_network_cell(args.dataset, model, regime, seed, runs, manifest)
+                row = {"dataset": args.dataset, "model": model, "regime": regime, "seed": seed, **result}
+                append_row(out, row)
+                print("   ", json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
