@@ -1,0 +1,151 @@
+"""The MONAI bundle end to end through ``python -m monai.bundle`` subprocesses, on a real regime."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLE = REPO / "bundles" / "movit_classification"
+CONFIGS = BUNDLE / "configs"
+TINY = {
+    "dataset": "pbc_blood_cells_96", "regime": 1, "image_size": 32, "patch_size": 8, "hidden_size": 32,
+    "mlp_dim": 64, "num_layers": 2, "num_heads": 2, "memory_k": 8, "num_prototypes": 16, "batch_size": 32,
+    "cache_workers": 0,
+}  # fmt: skip
+
+
+def bundle(verb: str, configs: list[str], overrides: dict, cwd: Path = REPO, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", verb] + (["network_def"] if verb in ("ckpt_export", "verify_net_in_out") else [])
+    cmd += ["--config_file", json.dumps([str(CONFIGS / c) for c in configs])]
+    if verb == "run":
+        cmd += ["--bundle_root", str(BUNDLE)]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, bool)) else str(value)]
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env or os.environ.copy(), timeout=600)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("bundle")
+    overrides = {**TINY, "output_dir": str(out), "epochs": 2}
+    bundle("run", ["train.json"], overrides)
+    return out, overrides
+
+
+def test_train_writes_checkpoints_with_memory(trained):
+    out, _ = trained
+    models = out / "models"
+    assert (models / "checkpoint_epoch=2.pt").exists() and (models / "model_full.pt").exists()
+    last = torch.load(models / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
+    assert set(last) >= {"model", "optimizer", "trainer", "lr_scheduler"}
+    assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"]
+    n_regime = len(json.loads((REPO / "data_manifests/pbc_blood_cells_96.json").read_text())["regimes"]["1"])
+    written = int(last["model"]["blocks.1.attn.memory.num_rows"])
+    assert written == n_regime  # every training image of the regime is in the memory
+    assert not list(models.glob(".*"))  # no temporary leftovers
+
+
+def test_resume_continues_from_last_epoch(trained, tmp_path):
+    out, overrides = trained
+    result = bundle("run", ["train.json"], {**overrides, "epochs": 3, "resume": True})
+    last = torch.load(out / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=False)
+    assert last["trainer"]["iteration"] == 3 * last["trainer"]["epoch_length"]
+    from medmem.engine import find_last_checkpoint
+
+    assert find_last_checkpoint(out / "models").endswith("checkpoint_epoch=3.pt")
+    assert "Epoch[1]" not in result.stdout + result.stderr  # epochs 1-2 were not run again
+
+
+def test_evaluate_summarize_export_infer(trained, tmp_path):
+    out, overrides = trained
+    overrides = {**overrides, "epochs": 3}
+    bundle("run", ["train.json", "evaluate.json"], overrides)
+    report = json.loads((out / "eval_test_full" / "test_metrics.json").read_text())
+    assert report["n"] == 3416 and 0.0 <= report["acc"] <= 1.0 and len(report["confusion_matrix"]) == 8
+    assert sum(map(sum, report["confusion_matrix"])) == 3416
+    assert (out / "eval_test_full" / "test_confusion.png").stat().st_size > 1000
+
+    bundle("run", ["train.json", "summarize.json"], {**overrides, "summary_epochs": 1})
+    summary = json.loads((out / "summary_report.json").read_text())
+    assert summary["summary"]["num_prototypes"] == 16 and summary["summary"]["steps"] > 0
+    deploy = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert int(deploy["blocks.1.attn.memory.num_rows"]) == 0  # the full memory is not shipped
+
+    bundle("run", ["train.json", "evaluate.json"], {**overrides, "eval_memory_mode": "prototypes"})
+    assert json.loads((out / "eval_test_prototypes" / "test_metrics.json").read_text())["n"] == 3416
+
+    models = out / "models"
+    export = {**overrides, "memory_mode": "prototypes", "ckpt_file": models / "model.pt", "filepath": models / "model.ts", "meta_file": CONFIGS / "metadata.json"}
+    bundle("ckpt_export", ["train.json"], export, cwd=tmp_path)  # from another directory
+    import medmem
+
+    eager = medmem.networks.MemoryViT(3, 32, 8, 8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=8, num_prototypes=16, memory_mode="prototypes")
+    eager.load_state_dict(deploy)
+    scripted = torch.jit.load(str(models / "model.ts"))
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(scripted(x), eager.eval()(x))
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    data_root = Path(os.environ["MEDMEM_DATA_ROOT"])
+    (folder / "a.jpg").symlink_to(data_root / "pbc_blood_cells_96/platelet" / sorted(os.listdir(data_root / "pbc_blood_cells_96/platelet"))[0])
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    bundle("run", ["train.json", "inference.json"], {**overrides, "input_paths": [str(folder)]})
+    rows = (out / "inference" / "predictions.csv").read_text().splitlines()
+    errors = (out / "inference" / "errors.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(str(folder / "a.jpg"))
+    probs = [float(v) for v in rows[1].split(",")[2:]]
+    assert len(probs) == 8 and abs(sum(probs) - 1) < 1e-4
+    assert len(errors) == 2 and "broken.png" in errors[1]
+
+
+def test_verify_net_in_out(data_root):
+    bundle("verify_net_in_out", ["train.json"], {"meta_file": CONFIGS / "metadata.json"})
+
+
+@pytest.mark.slow
+def test_kill_mid_training_then_resume(tmp_path, data_root):
+    """SIGKILL during epoch 3 of 4; --resume finishes from the last saved epoch; the best model survives."""
+    out = tmp_path / "run"
+    overrides = {**TINY, "regime": 3, "output_dir": str(out), "epochs": 4}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps([str(CONFIGS / "train.json")]), "--bundle_root", str(BUNDLE)]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", str(v)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 500
+    while not (out / "models" / "checkpoint_epoch=2.pt").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "models" / "model_full.pt").exists()
+    assert not (out / "models" / "checkpoint_epoch=4.pt").exists()
+    bundle("run", ["train.json"], {**overrides, "resume": True})
+    last = torch.load(out / "models" / "checkpoint_epoch=4.pt", map_location="cpu", weights_only=False)
+    assert last["trainer"]["iteration"] == 4 * last["trainer"]["epoch_length"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_writes_one_checkpoint(tmp_path, data_root):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",
+           json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]), "--bundle_root", str(BUNDLE)]  # fmt: skip
+    for k, v in {**TINY, "output_dir": str(out), "epochs": 2}.items():
+        cmd += [f"--{k}", str(v)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=2.pt", "model_full.pt"]
+    state = torch.load(out / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
+    n_regime = len(json.loads((REPO / "data_manifests/pbc_blood_cells_96.json").read_text())["regimes"]["1"])
+    assert int(state["model"]["module.blocks.1.attn.memory.num_rows"]) == n_regime
