@@ -179,3 +179,15 @@ def test_state_dict_round_trip_is_exact_and_mismatch_is_refused():
     other = tiny_vit(hidden_size=48)
     with pytest.raises(RuntimeError, match="another configuration"):
         other.load_state_dict(model.state_dict())
+
+
+def test_auto_backend_rule():
+    from medmem.memory.knn import FAISS_MIN_ENTRIES, FAISS_MIN_QUERIES, use_faiss
+
+    assert not use_faiss(64, FAISS_MIN_ENTRIES - 1, "auto")  # class-token queries, small memory: torch
+    assert use_faiss(64, FAISS_MIN_ENTRIES, "auto")
+    assert use_faiss(FAISS_MIN_QUERIES, 2_000, "auto")  # every token of a batch: faiss
+    assert not use_faiss(FAISS_MIN_QUERIES, 10**7, "auto", device_type="cuda")
+    assert use_faiss(1, 1, "faiss") and not use_faiss(10**6, 10**9, "torch")
+    with pytest.raises(ValueError, match="backend"):
+        use_faiss(1, 1, "annoy")

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from medmem.memory.knn import FAISS_MIN_ENTRIES, knn_search
+from medmem.memory.knn import knn_search, use_faiss
 
 
 class ExternalMemory(nn.Module):
@@ -187,7 +187,7 @@ class ExternalMemory(nn.Module):
         if exclude_ids is not None:
             own_rows = torch.tensor([self.id_to_row.get(int(s), -1) for s in exclude_ids.tolist()], device=queries.device)
         excluding = bool((own_rows >= 0).any())
-        exact_torch = self.backend == "torch" or (self.backend == "auto" and n < FAISS_MIN_ENTRIES)
+        exact_torch = not use_faiss(b * tq, n, self.backend, queries.device.type)
         for head in range(h):
             q = queries[:, head].reshape(b * tq, -1).float()
             if exact_torch:
