@@ -11,7 +11,6 @@ memory is filled with random keys/values (speed does not depend on their content
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time

@@ -191,3 +191,27 @@ def test_auto_backend_rule():
     assert use_faiss(1, 1, "faiss") and not use_faiss(10**6, 10**9, "torch")
     with pytest.raises(ValueError, match="backend"):
         use_faiss(1, 1, "annoy")
+
+
+def test_tampered_memory_fails_its_checksum():
+    model = tiny_vit()
+    model.write_memory(torch.randn(4, 1, 16, 16), torch.arange(4))
+    state = model.state_dict()
+    key = "blocks.1.attn.memory.values"
+    state[key] = state[key].clone()
+    state[key][0, 0, 0] += 1.0
+    with pytest.raises(RuntimeError, match="does not match its checksum"):
+        tiny_vit().load_state_dict(state)
+
+
+def test_half_precision_storage():
+    model = tiny_vit(memory_dtype="float16")
+    model.write_memory(torch.randn(5, 1, 16, 16), torch.arange(5))
+    memory = model.memory_layers()[0].memory
+    assert memory.keys.dtype == torch.float16 and memory.values.dtype == torch.float16
+    model.train()
+    out = model(torch.randn(3, 1, 16, 16), torch.arange(3))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    fresh = tiny_vit(memory_dtype="float16")
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh.memory_layers()[0].memory.keys, memory.keys)

@@ -12,6 +12,8 @@ is plain overwrite.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -222,6 +224,18 @@ class ExternalMemory(nn.Module):
         return keys, values
 
     # ------------------------------------------------------------------------------------ state dict
+    def checksum(self) -> str:
+        """sha256 of the written content (keys, values, sample ids), for integrity checks on load."""
+        n = self.num_written
+        digest = hashlib.sha256()
+        for t in (self.keys[:, : n * self.tokens], self.values[:, : n * self.tokens], self.row_ids[:n]):
+            digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "checksum"] = torch.tensor(list(bytes.fromhex(self.checksum())), dtype=torch.uint8)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # the memory grows during training: take the saved shapes before copying
         for name in ("keys", "values", "row_ids"):
@@ -234,9 +248,14 @@ class ExternalMemory(nn.Module):
                     )
                     continue
                 setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        saved_checksum = state_dict.get(prefix + "checksum")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if prefix + "checksum" in unexpected_keys:
+            unexpected_keys.remove(prefix + "checksum")
         n = int(self.num_rows)
         self.id_to_row = {int(s): r for r, s in enumerate(self.row_ids[:n].tolist())}
+        if saved_checksum is not None and bytes(saved_checksum.tolist()).hex() != self.checksum():
+            error_msgs.append(f"memory {prefix.rstrip('.')}: content does not match its checksum (corrupted or edited checkpoint)")
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, head_dim={self.head_dim}, tokens={self.tokens}, momentum={self.momentum}, samples={self.num_written}"
