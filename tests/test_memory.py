@@ -215,3 +215,14 @@ def test_half_precision_storage():
     fresh = tiny_vit(memory_dtype="float16")
     fresh.load_state_dict(model.state_dict())
     assert torch.equal(fresh.memory_layers()[0].memory.keys, memory.keys)
+
+
+def test_param_groups_single_out_memory_scalars():
+    from medmem.networks import param_groups
+
+    model = tiny_vit()
+    groups = param_groups(model, lr=1e-3, weight_decay=0.05, memory_lr_scale=10)
+    layer = model.memory_layers()[0]
+    assert {id(p) for p in groups[1]["params"]} == {id(layer.gate_logit), id(layer.log_tau)}
+    assert groups[1]["lr"] == 1e-2 and groups[1]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

@@ -173,3 +173,22 @@ class MemoryViT(nn.Module):
             )
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+
+def param_groups(network: nn.Module, lr: float, weight_decay: float, memory_lr_scale: float = 20.0) -> List[dict]:
+    """Optimiser groups: the memory read's own scalars (per-head gate logits and temperatures) get a
+    larger learning rate and no weight decay; everything else is as usual.
+
+    Why: these are a handful of scalars that start at a neutral value (gate 0.5); at the backbone's
+    learning rate Adam moves each by at most ``lr`` per step, so over a short small-data run the gate
+    could not leave 0.5, and weight decay would pull it back there. In ``off`` mode they receive no
+    gradient, so a plain-ViT baseline trains exactly as with a single group.
+    """
+    memory_names = ("gate_logit", "log_tau")
+    memory, rest = [], []
+    for name, p in network.named_parameters():
+        (memory if name.rsplit(".", 1)[-1] in memory_names else rest).append(p)
+    groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay}]
+    if memory:
+        groups.append({"params": memory, "lr": lr * memory_lr_scale, "weight_decay": 0.0})
+    return groups
