@@ -1,0 +1,99 @@
+"""Summarise ``benchmarks/results/regimes.csv`` into a Markdown table and one plot per dataset.
+
+    python benchmarks/regimes/report.py
+
+Writes ``benchmarks/results/regimes.md`` and ``benchmarks/results/regimes_<dataset>.png``
+(test ACC and macro AUC against regime, mean and standard deviation over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = ["vit", "movit", "movit_proto", "vit_knn", "resnet18", "logreg"]
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--csv", default=str(REPO / "benchmarks/results/regimes.csv"))
+    args = p.parse_args()
+    rows = list(csv.DictReader(open(args.csv)))
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        cells[(r["dataset"], r["model"], int(r["regime"]))].append(r)
+    from medmem.atomic import atomic_path, write_text_atomic
+
+    import monai
+    import torch
+
+    lines = [
+        "# Data-regime study: results so far",
+        "",
+        "Made by `python benchmarks/regimes/run_regimes.py` (see its `--help`; each row of",
+        "`regimes.csv` is one (dataset, model, regime, seed) cell) and summarised by",
+        "`python benchmarks/regimes/report.py`. Test split, mean ± standard deviation over seeds (n = seeds).",
+        f"Machine: {platform.machine()}, 2 CPU cores, no GPU; torch {torch.__version__}, MONAI {monai.__version__}.",
+        "",
+    ]
+    for dataset in sorted({k[0] for k in cells}):
+        lines += [f"## {dataset}", "", "| model | regime % | train images | n | ACC | macro AUC | macro F1 | steps | wall s (mean) |", "|---|---|---|---|---|---|---|---|---|"]
+        for model in MODELS:
+            for regime in sorted({k[2] for k in cells if k[0] == dataset}):
+                group = cells.get((dataset, model, regime))
+                if not group:
+                    continue
+                acc, auc, f1 = ([float(r[m]) for r in group] for m in ("acc", "auc", "f1"))
+                epochs = group[0]["epochs"]
+                lines.append(
+                    f"| {model} | {regime} | {group[0]['train_images']} | {len(group)} | {mean_std(acc)} | {mean_std(auc)} | {mean_std(f1)} | "
+                    f"{epochs if epochs != '0' else '-'} | {statistics.mean(float(r['wall_s']) for r in group):.0f} |"
+                )
+        lines += ["", f"![{dataset}](regimes_{dataset}.png)", ""]
+        plot(dataset, cells, REPO / "benchmarks/results" / f"regimes_{dataset}.png", atomic_path)
+    lines = [ln.replace("| steps |", "| epochs |") for ln in lines]
+    write_text_atomic("\n".join(lines) + "\n", REPO / "benchmarks/results/regimes.md")
+    print("\n".join(lines))
+
+
+def plot(dataset: str, cells: dict, path: Path, atomic_path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for metric, ax in zip(("acc", "auc"), axes):
+        for model in MODELS:
+            regimes = sorted(k[2] for k in cells if k[0] == dataset and k[1] == model)
+            if not regimes:
+                continue
+            values = [[float(r[metric]) for r in cells[(dataset, model, g)]] for g in regimes]
+            means = [statistics.mean(v) for v in values]
+            stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            ax.errorbar(regimes, means, yerr=stds, marker="o", capsize=3, label=model)
+        ax.set_xscale("log")
+        ax.set_xlabel("training data (% of the training split)")
+        ax.set_ylabel(f"test {metric.upper()}")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(dataset)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
