@@ -28,9 +28,9 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
         batch = 3 + rank  # uneven batch sizes across ranks
         ids = torch.arange(batch) + 10 * rank + 100 * (step % 2)  # step 2 revisits step 0's ids (ATMA)
         model(torch.randn(batch, 1, 16, 16, generator=g), ids)
-        model.commit_memory(ids)
+        model.commit_memory(ids, ids % 3)
     memory = model.memory_layers()[0].memory
-    torch.save({"keys": memory.keys[:, : memory.num_entries], "values": memory.values[:, : memory.num_entries], "ids": memory.sample_ids()}, f"{out_dir}/rank{rank}.pt")
+    torch.save({"keys": memory.keys[:, : memory.num_entries], "values": memory.values[:, : memory.num_entries], "ids": memory.sample_ids(), "labels": memory.row_labels[: memory.num_written]}, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -39,5 +39,6 @@ def test_two_gloo_ranks_end_with_identical_memories(tmp_path):
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     expected_ids = {0, 1, 2, 10, 11, 12, 13} | {100, 101, 102, 110, 111, 112, 113}
     assert set(a["ids"].tolist()) == expected_ids
-    assert torch.equal(a["ids"], b["ids"])
+    assert torch.equal(a["ids"], b["ids"]) and torch.equal(a["labels"], b["labels"])
+    assert torch.equal(a["labels"], a["ids"] % 3)
     assert torch.equal(a["keys"], b["keys"]) and torch.equal(a["values"], b["values"])

@@ -226,3 +226,20 @@ def test_param_groups_single_out_memory_scalars():
     assert {id(p) for p in groups[1]["params"]} == {id(layer.gate_logit), id(layer.log_tau)}
     assert groups[1]["lr"] == 1e-2 and groups[1]["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_label_aware_memory_reads_neighbour_labels():
+    model = tiny_vit(memory_labels=True)
+    x, labels = torch.randn(6, 1, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    model.write_memory(x, torch.arange(6), labels)
+    memory = model.memory_layers()[0].memory
+    assert torch.equal(memory.row_labels[:6], labels)
+    model.train()
+    model(x, torch.arange(6)).square().sum().backward()
+    grad = model.memory_layers()[0].label_embedding.grad
+    assert grad[1:].abs().sum() > 0 and grad[0].abs().sum() == 0  # known labels used, "unknown" row not
+    memory.remove([1])
+    assert memory.row_labels[: memory.num_written].tolist() == [0, 2, 0, 1, 2]
+    fresh = tiny_vit(memory_labels=True)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh.memory_layers()[0].memory.row_labels[:5], memory.row_labels[:5])

@@ -42,7 +42,8 @@ class MemoryWriter:
             return
         batch = engine.state.batch  # MONAI decollates it into a list of items after the iteration
         ids = batch["sample_id"] if isinstance(batch, dict) else [item["sample_id"] for item in batch]
-        model.commit_memory(torch.as_tensor(ids).long().reshape(-1))
+        labels = batch["label"] if isinstance(batch, dict) else [item["label"] for item in batch]
+        model.commit_memory(torch.as_tensor(ids).long().reshape(-1), torch.as_tensor(labels).long().reshape(-1))
 
     def log_state(self, engine: Engine) -> None:
         model = unwrap(self.network)

@@ -35,8 +35,13 @@ class SummaryReport:
 
 
 @torch.no_grad()
-def kmeans_prototypes(memory: ExternalMemory, num_prototypes: int, seed: int = 0, members: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def kmeans_prototypes(
+    memory: ExternalMemory, num_prototypes: int, seed: int = 0, members: int = 8, value_offsets: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """k-means initial prototypes of one memory.
+
+    ``value_offsets`` (H, N, Dh), if given, is added to the entries' values before averaging (e.g. the
+    label embeddings of a label-aware layer).
 
     Returns:
         keys (H, P, Dh) L2-normalised, values (H, P, Dh), and member sample ids (H, P, members), -1 padded.
@@ -59,7 +64,10 @@ def kmeans_prototypes(memory: ExternalMemory, num_prototypes: int, seed: int = 0
         _, assign = km.index.search(x, 1)
         assign_t = torch.from_numpy(assign[:, 0]).long()
         counts = torch.bincount(assign_t, minlength=p).clamp(min=1).float()
-        vals = torch.zeros(p, dh).index_add_(0, assign_t, memory.values[head, :n].float()) / counts[:, None]
+        entry_values = memory.values[head, :n].float()
+        if value_offsets is not None:
+            entry_values = entry_values + value_offsets[head]
+        vals = torch.zeros(p, dh).index_add_(0, assign_t, entry_values) / counts[:, None]
         keys[head, :p] = F.normalize(torch.from_numpy(km.centroids).float(), dim=-1)
         values[head, :p] = vals
         owners = row_ids[torch.arange(n) // tokens]
@@ -96,7 +104,11 @@ def summarize_memory(
     p_count = num_prototypes or layers[0].proto_keys.shape[1]
     mem_samples, mem_entries = layers[0].memory.num_written, layers[0].memory.num_entries
     for layer in layers:
-        keys, values, members = kmeans_prototypes(layer.memory, p_count, seed)
+        offsets = None
+        if layer.label_aware:
+            entries = torch.arange(layer.memory.num_entries).view(1, 1, 1, -1)
+            offsets = layer.label_values(layer.memory.labels_at(entries).expand(1, layer.num_heads, 1, -1))[0, :, 0].detach()
+        keys, values, members = kmeans_prototypes(layer.memory, p_count, seed, value_offsets=offsets)
         layer.proto_keys = keys.to(device)
         layer.proto_values = values.to(device)
         layer.proto_members = members.to(device)

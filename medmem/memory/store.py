@@ -48,6 +48,7 @@ class ExternalMemory(nn.Module):
         self.register_buffer("keys", torch.zeros(num_heads, capacity * tokens, head_dim, dtype=dtype))
         self.register_buffer("values", torch.zeros(num_heads, capacity * tokens, head_dim, dtype=dtype))
         self.register_buffer("row_ids", torch.full((capacity,), -1, dtype=torch.long))
+        self.register_buffer("row_labels", torch.full((capacity,), -1, dtype=torch.long))  # -1: label unknown
         self.register_buffer("num_rows", torch.zeros((), dtype=torch.long))
         self.id_to_row: dict[int, int] = {}
 
@@ -76,6 +77,7 @@ class ExternalMemory(nn.Module):
         self.keys = torch.cat([self.keys, pad], dim=1)
         self.values = torch.cat([self.values, pad.clone()], dim=1)
         self.row_ids = torch.cat([self.row_ids, self.row_ids.new_full((extra,), -1)])
+        self.row_labels = torch.cat([self.row_labels, self.row_labels.new_full((extra,), -1)])
 
     def _shrink_to_fit(self) -> None:
         """Release unused rows (e.g. before saving a deployable checkpoint)."""
@@ -83,39 +85,43 @@ class ExternalMemory(nn.Module):
         self.keys = self.keys[:, : n * self.tokens].clone()
         self.values = self.values[:, : n * self.tokens].clone()
         self.row_ids = self.row_ids[:n].clone()
+        self.row_labels = self.row_labels[:n].clone()
 
     def clear(self) -> None:
         self.keys.zero_()
         self.values.zero_()
         self.row_ids.fill_(-1)
+        self.row_labels.fill_(-1)
         self.num_rows.zero_()
         self.id_to_row.clear()
 
     # ----------------------------------------------------------------------------------------- write
     @torch.no_grad()
-    def write(self, keys: torch.Tensor, values: torch.Tensor, sample_ids: torch.Tensor) -> None:
+    def write(self, keys: torch.Tensor, values: torch.Tensor, sample_ids: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """Write one batch; under torch.distributed every rank writes every rank's batch.
 
         Args:
             keys, values: (B, H, tokens, Dh) from the memorising layer (detached here).
             sample_ids: (B,) ids; negative ids (validation, test, padding) are not written.
+            labels: (B,) class of each sample, kept per row (for label-aware reads), or None.
         """
         plain = torch.Tensor.as_subclass  # MetaTensor inputs would carry metadata through every op
         keys, values = plain(keys.detach(), torch.Tensor), plain(values.detach(), torch.Tensor)
         sample_ids = plain(sample_ids.detach(), torch.Tensor).long().to(keys.device).reshape(-1)
         if sample_ids.shape[0] != keys.shape[0]:
             raise ValueError(f"memory write: {keys.shape[0]} images but {sample_ids.shape[0]} sample ids")
+        labels = torch.full_like(sample_ids, -1) if labels is None else plain(labels.detach(), torch.Tensor).long().to(keys.device).reshape(-1)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            keys, values, sample_ids = _all_gather_batch(keys, values, sample_ids)
+            keys, values, sample_ids, labels = _all_gather_batch(keys, values, sample_ids, labels)
         keep = sample_ids >= 0
         if not bool(keep.any()):
             return
-        keys, values, sample_ids = keys[keep], values[keep], sample_ids[keep]
+        keys, values, sample_ids, labels = keys[keep], values[keep], sample_ids[keep], labels[keep]
         # a sample appearing twice in one (gathered) batch: the last copy wins
         ids_list = sample_ids.tolist()
         last = {sid: i for i, sid in enumerate(ids_list)}
         order = sorted(last.values())
-        keys, values = keys[order], values[order]
+        keys, values, labels_list = keys[order], values[order], labels[order].tolist()
         ids_list = [ids_list[i] for i in order]
 
         rows, is_new = [], []
@@ -126,10 +132,12 @@ class ExternalMemory(nn.Module):
                 row = self.num_written + sum(is_new[:-1])
             rows.append(row)
         self._grow(self.num_written + sum(is_new))
-        for sid, row, new in zip(ids_list, rows, is_new):
+        for sid, row, new, label in zip(ids_list, rows, is_new, labels_list):
             if new:
                 self.id_to_row[sid] = row
                 self.row_ids[row] = sid
+            if label >= 0:
+                self.row_labels[row] = label
         self.num_rows += sum(is_new)
 
         slots = (torch.tensor(rows, device=keys.device)[:, None] * self.tokens + torch.arange(self.tokens, device=keys.device)).reshape(-1)
@@ -157,10 +165,12 @@ class ExternalMemory(nn.Module):
         slots = (torch.tensor(keep_rows, dtype=torch.long)[:, None] * self.tokens + torch.arange(self.tokens)).reshape(-1)
         n = len(keep_rows)
         kept_k, kept_v, kept_ids = self.keys[:, slots].clone(), self.values[:, slots].clone(), self.row_ids[keep_rows].clone()
+        kept_labels = self.row_labels[keep_rows].clone()
         self.clear()
         self.keys[:, : n * self.tokens] = kept_k
         self.values[:, : n * self.tokens] = kept_v
         self.row_ids[:n] = kept_ids
+        self.row_labels[:n] = kept_labels
         self.num_rows.fill_(n)
         self.id_to_row = {int(s): r for r, s in enumerate(kept_ids.tolist())}
         return len(gone)
@@ -214,6 +224,10 @@ class ExternalMemory(nn.Module):
             index[:, head, :, :kk] = i
         return scores, index
 
+    def labels_at(self, index: torch.Tensor) -> torch.Tensor:
+        """Class of the sample owning each entry index (-1 where unknown); same shape as ``index``."""
+        return self.row_labels[index // self.tokens]
+
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values at ``index`` (B, H, Tq, k) -> two (B, H, Tq, k, Dh) float tensors."""
         b, h, tq, k = index.shape
@@ -228,7 +242,7 @@ class ExternalMemory(nn.Module):
         """sha256 of the written content (keys, values, sample ids), for integrity checks on load."""
         n = self.num_written
         digest = hashlib.sha256()
-        for t in (self.keys[:, : n * self.tokens], self.values[:, : n * self.tokens], self.row_ids[:n]):
+        for t in (self.keys[:, : n * self.tokens], self.values[:, : n * self.tokens], self.row_ids[:n], self.row_labels[:n]):
             digest.update(t.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
@@ -238,10 +252,10 @@ class ExternalMemory(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # the memory grows during training: take the saved shapes before copying
-        for name in ("keys", "values", "row_ids"):
+        for name in ("keys", "values", "row_ids", "row_labels"):
             saved = state_dict.get(prefix + name)
             if saved is not None and saved.shape != getattr(self, name).shape:
-                if name != "row_ids" and saved.shape[::2] != getattr(self, name).shape[::2]:
+                if name in ("keys", "values") and saved.shape[::2] != getattr(self, name).shape[::2]:
                     error_msgs.append(
                         f"memory {prefix}{name}: saved shape {tuple(saved.shape)} does not fit heads/head_dim "
                         f"{tuple(getattr(self, name).shape[::2])}"
@@ -261,21 +275,21 @@ class ExternalMemory(nn.Module):
         return f"heads={self.num_heads}, head_dim={self.head_dim}, tokens={self.tokens}, momentum={self.momentum}, samples={self.num_written}"
 
 
-def _all_gather_batch(keys: torch.Tensor, values: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _all_gather_batch(keys: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
     """Concatenate every rank's batch (ranks may hold different batch sizes: pad with id -1)."""
     world = dist.get_world_size()
     size = torch.tensor([keys.shape[0]], device=keys.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
-    biggest = int(max(int(s) for s in sizes))
-    pad = biggest - keys.shape[0]
+    pad = int(max(int(s) for s in sizes)) - keys.shape[0]
     if pad:
         keys = torch.cat([keys, keys.new_zeros(pad, *keys.shape[1:])])
         values = torch.cat([values, values.new_zeros(pad, *values.shape[1:])])
         ids = torch.cat([ids, ids.new_full((pad,), -1)])
+        labels = torch.cat([labels, labels.new_full((pad,), -1)])
     out = []
-    for t in (keys.contiguous(), values.contiguous(), ids.contiguous()):
+    for t in (keys.contiguous(), values.contiguous(), ids.contiguous(), labels.contiguous()):
         parts = [torch.empty_like(t) for _ in range(world)]
         dist.all_gather(parts, t)
         out.append(torch.cat(parts))
-    return out[0], out[1], out[2]
+    return out

@@ -53,6 +53,8 @@ class MemorySABlock(SABlock):
         qkv_bias: bool = False,
         memory_backend: str = "auto",
         memory_dtype: torch.dtype = torch.float32,
+        label_aware: bool = False,
+        num_classes: int = 0,
     ) -> None:
         super().__init__(hidden_size, num_heads, dropout_rate, qkv_bias=qkv_bias)
         for name, value, allowed in (("mode", mode, MEMORY_MODES), ("combiner", combiner, COMBINERS), ("queries", queries, MEMORY_QUERIES)):
@@ -62,6 +64,12 @@ class MemorySABlock(SABlock):
         self.memory = ExternalMemory(num_heads, self.dim_head, tokens, momentum, dtype=memory_dtype, backend=memory_backend)
         self.gate_logit = nn.Parameter(torch.zeros(num_heads))
         self.log_tau = nn.Parameter(torch.full((num_heads,), math.log(math.sqrt(self.dim_head))))
+        # label-aware reads: a retrieved entry's value also carries a learned embedding of its sample's
+        # class (row 0: unknown label), so the layer can use what its neighbours are, not only how they look
+        self.label_aware = label_aware
+        if label_aware and num_classes < 1:
+            raise ValueError("label-aware memory needs num_classes")
+        self.label_embedding = nn.Parameter(torch.randn(num_classes + 1, num_heads, self.dim_head) * 0.02 if label_aware else torch.zeros(1, num_heads, self.dim_head))
         self.register_buffer("proto_keys", torch.zeros(num_heads, num_prototypes, self.dim_head))
         self.register_buffer("proto_values", torch.zeros(num_heads, num_prototypes, self.dim_head))
         # training samples behind each prototype (the "similar cases" a prototype stands for), -1 padded
@@ -118,14 +126,22 @@ class MemorySABlock(SABlock):
         found, index = self.memory.search(qn.detach(), self.k, sample_ids)
         mem_keys, mem_values = self.memory.gather(index)
         cos = torch.einsum("bhqd,bhqkd->bhqk", qn, mem_keys)  # recomputed so gradients reach the query
+        if self.label_aware:
+            mem_values = mem_values + self.label_values(self.memory.labels_at(index))
         return cos, mem_values, torch.isfinite(found)
 
+    @torch.jit.unused
+    def label_values(self, labels: torch.Tensor) -> torch.Tensor:
+        """Label embeddings (B, H, Tq, k, Dh) for entry labels (B, H, Tq, k) (-1 = unknown)."""
+        heads = torch.arange(labels.shape[1], device=labels.device).view(1, -1, 1, 1)
+        return self.label_embedding[labels + 1, heads]
+
     @torch.no_grad()
-    def commit_memory(self, sample_ids: torch.Tensor) -> None:
-        """Write the keys/values of the last training forward for these (B,) sample ids."""
+    def commit_memory(self, sample_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
+        """Write the keys/values of the last training forward for these (B,) sample ids (and labels)."""
         if self.pending_keys is None:
             return
-        self.memory.write(self.pending_keys, self.pending_values, sample_ids)
+        self.memory.write(self.pending_keys, self.pending_values, sample_ids, labels)
         self.pending_keys = self.pending_values = None
 
 

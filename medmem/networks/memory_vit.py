@@ -43,6 +43,8 @@ class MemoryViT(nn.Module):
         memory_queries: ``all`` tokens query the memory, or only ``cls``.
         memory_backend: kNN backend ``auto``/``torch``/``faiss``.
         memory_dtype: ``float32`` or ``float16`` storage.
+        memory_labels: label-aware memory reads (each retrieved value also carries a learned
+            embedding of its training sample's class).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class MemoryViT(nn.Module):
         memory_queries: str = "cls",
         memory_backend: str = "auto",
         memory_dtype: str = "float32",
+        memory_labels: bool = False,
     ) -> None:
         super().__init__()
         if memory_mode not in MEMORY_MODES:
@@ -84,7 +87,7 @@ class MemoryViT(nn.Module):
             "dropout_rate": dropout_rate, "qkv_bias": qkv_bias, "memory_blocks": memory_blocks,
             "memory_mode": memory_mode, "memory_k": memory_k, "atma_momentum": atma_momentum,
             "combiner": combiner, "num_prototypes": num_prototypes, "memory_queries": memory_queries,
-            "memory_backend": memory_backend, "memory_dtype": memory_dtype,
+            "memory_backend": memory_backend, "memory_dtype": memory_dtype, "memory_labels": memory_labels,
         }  # fmt: skip
         self.tokens = int(np.prod([i // p for i, p in zip(img_size, patch_size)])) + 1
         self.patch_embedding = PatchEmbeddingBlock(
@@ -96,6 +99,7 @@ class MemoryViT(nn.Module):
         memory_kwargs = dict(
             mode=memory_mode, k=memory_k, momentum=atma_momentum, combiner=combiner, num_prototypes=num_prototypes,
             queries=memory_queries, memory_backend=memory_backend, memory_dtype=getattr(torch, memory_dtype),
+            label_aware=memory_labels, num_classes=num_classes,
         )  # fmt: skip
         self.blocks = nn.ModuleList(
             MemoryTransformerBlock(hidden_size, mlp_dim, num_heads, self.tokens, dropout_rate, qkv_bias, **memory_kwargs)
@@ -132,13 +136,13 @@ class MemoryViT(nn.Module):
             layer.mode = mode
 
     @torch.no_grad()
-    def commit_memory(self, sample_ids: torch.Tensor) -> None:
+    def commit_memory(self, sample_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
         """Write the last training forward's keys/values of every memorising layer."""
         for layer in self.memory_layers():
-            layer.commit_memory(sample_ids)
+            layer.commit_memory(sample_ids, labels)
 
     @torch.no_grad()
-    def write_memory(self, images: torch.Tensor, sample_ids: torch.Tensor) -> None:
+    def write_memory(self, images: torch.Tensor, sample_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
         """Write images into the memory without a gradient step (e.g. to fill or extend it).
 
         Runs the model in eval mode (no dropout) while still capturing keys/values.
@@ -149,7 +153,7 @@ class MemoryViT(nn.Module):
             layer.training = True  # capture keys/values; everything else stays in eval behaviour
         try:
             self.forward(images, sample_ids)
-            self.commit_memory(sample_ids)
+            self.commit_memory(sample_ids, labels)
         finally:
             self.train(was_training)
 
