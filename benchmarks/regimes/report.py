@@ -33,10 +33,10 @@ def main() -> None:
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         cells[(r["dataset"], r["model"], int(r["regime"]))].append(r)
-    from medmem.atomic import atomic_path, write_text_atomic
-
     import monai
     import torch
+
+    from medmem.atomic import atomic_path, write_text_atomic
 
     lines = [
         "# Data-regime study: results so far",
