@@ -238,11 +238,12 @@ class ExternalMemory(nn.Module):
         return keys, values
 
     # ------------------------------------------------------------------------------------ state dict
-    def checksum(self) -> str:
-        """sha256 of the written content (keys, values, sample ids), for integrity checks on load."""
+    def checksum(self, with_labels: bool = True) -> str:
+        """sha256 of the written content (keys, values, sample ids, labels), for integrity checks on load."""
         n = self.num_written
         digest = hashlib.sha256()
-        for t in (self.keys[:, : n * self.tokens], self.values[:, : n * self.tokens], self.row_ids[:n], self.row_labels[:n]):
+        parts = [self.keys[:, : n * self.tokens], self.values[:, : n * self.tokens], self.row_ids[:n]]
+        for t in parts + ([self.row_labels[:n]] if with_labels else []):
             digest.update(t.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
@@ -263,12 +264,18 @@ class ExternalMemory(nn.Module):
                     continue
                 setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
         saved_checksum = state_dict.get(prefix + "checksum")
+        had_labels = prefix + "row_labels" in state_dict
+        if not had_labels and prefix + "row_ids" in state_dict:
+            # memories saved before labels were kept: every label unknown
+            state_dict = dict(state_dict)
+            state_dict[prefix + "row_labels"] = torch.full_like(state_dict[prefix + "row_ids"], -1)
+            self.row_labels = torch.empty_like(state_dict[prefix + "row_ids"])
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         if prefix + "checksum" in unexpected_keys:
             unexpected_keys.remove(prefix + "checksum")
         n = int(self.num_rows)
         self.id_to_row = {int(s): r for r, s in enumerate(self.row_ids[:n].tolist())}
-        if saved_checksum is not None and bytes(saved_checksum.tolist()).hex() != self.checksum():
+        if saved_checksum is not None and bytes(saved_checksum.tolist()).hex() != self.checksum(with_labels=had_labels):
             error_msgs.append(f"memory {prefix.rstrip('.')}: content does not match its checksum (corrupted or edited checkpoint)")
 
     def extra_repr(self) -> str:

@@ -130,6 +130,11 @@ class MemorySABlock(SABlock):
             mem_values = mem_values + self.label_values(self.memory.labels_at(index))
         return cos, mem_values, torch.isfinite(found)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if not self.label_aware and prefix + "label_embedding" in missing_keys:
+            missing_keys.remove(prefix + "label_embedding")  # checkpoints from before label-aware reads
+
     @torch.jit.unused
     def label_values(self, labels: torch.Tensor) -> torch.Tensor:
         """Label embeddings (B, H, Tq, k, Dh) for entry labels (B, H, Tq, k) (-1 = unknown)."""
