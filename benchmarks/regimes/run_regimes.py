@@ -7,7 +7,8 @@ re-made alone, e.g.::
     python benchmarks/regimes/run_regimes.py --dataset pbc_blood_cells_96 --models vit movit --regimes 3 --seeds 0
 
 Models: ``vit`` (memory off), ``movit`` (full memory), ``movit_proto`` (movit after prototype
-summarisation), ``movit_labels`` / ``movit_labels_proto`` (ablation: label-aware memory), ``vit_knn`` (k-NN on the trained vit's class-token features), ``logreg`` (logistic
+summarisation), ``movit_labels`` / ``movit_labels_proto`` (ablation: label-aware memory), ``resnet18``
+(MONAI ResNet-18, the CNN reference), ``vit_knn`` (k-NN on the trained vit's class-token features), ``logreg`` (logistic
 regression on 28 px pixels). Within a regime all networks get the same steps, schedule and
 augmentation; model selection uses validation only and the test split is read once per row.
 """
@@ -44,6 +45,7 @@ NETWORKS = {
     "vit": {"memory_mode": "off"},
     "movit": {"memory_mode": "full"},
     "movit_labels": {"memory_mode": "full", "memory_labels": True},  # ablation: label-aware memory reads
+    "resnet18": {"memory_mode": "off", "network_def#_target_": "medmem.networks.ResNetClassifier"},  # CNN reference
 }
 
 

@@ -2,5 +2,6 @@
 
 from medmem.networks.memory_attention import MemorySABlock, MemoryTransformerBlock
 from medmem.networks.memory_vit import MemoryViT, param_groups
+from medmem.networks.reference import ResNetClassifier
 
-__all__ = ["MemorySABlock", "MemoryTransformerBlock", "MemoryViT", "param_groups"]
+__all__ = ["MemorySABlock", "MemoryTransformerBlock", "MemoryViT", "ResNetClassifier", "param_groups"]
