@@ -44,7 +44,13 @@ BATCH = 64
 NETWORKS = {
     "vit": {"memory_mode": "off"},
     "movit": {"memory_mode": "full"},
-    "movit_labels": {"memory_mode": "full", "memory_labels": True},  # ablation: label-aware memory reads
+    # ablations of the memory design (rows go to ablations.csv with --out)
+    "movit_labels": {"memory_mode": "full", "memory_labels": True},  # label-aware memory reads
+    "movit_m0": {"memory_mode": "full", "atma_momentum": 0.0},  # ATMA off: plain overwrite
+    "movit_joint": {"memory_mode": "full", "combiner": "joint"},  # one softmax instead of the gate
+    "movit_block4": {"memory_mode": "full", "memory_blocks": [-2], "memory_queries": "all"},  # lower block
+    "movit_k8": {"memory_mode": "full", "memory_k": 8},
+    "movit_k128": {"memory_mode": "full", "memory_k": 128},
     "resnet18": {"memory_mode": "off", "network_def#_target_": "medmem.networks.ResNetClassifier"},  # CNN reference
 }
 
