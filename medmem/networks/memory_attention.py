@@ -37,6 +37,7 @@ class MemorySABlock(SABlock):
     pending_keys: Optional[torch.Tensor]
     pending_values: Optional[torch.Tensor]
     last_gate: Optional[torch.Tensor]
+    record_evidence: bool
 
     def __init__(
         self,
@@ -77,6 +78,9 @@ class MemorySABlock(SABlock):
         self.pending_keys: Optional[torch.Tensor] = None
         self.pending_values: Optional[torch.Tensor] = None
         self.last_gate: Optional[torch.Tensor] = None
+        # set by prediction tools: keep what the class token read (see record_read); off in training
+        self.record_evidence = False
+        self.evidence: dict = {}
 
     @torch.jit.unused
     def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,8 +99,9 @@ class MemorySABlock(SABlock):
         nq = 1 if self.queries == "cls" else q.shape[2]
         qn = F.normalize(q[:, :, :nq], dim=-1)
         tau = self.log_tau.exp().view(1, -1, 1, 1)
+        mem_index = torch.zeros(0, dtype=torch.long)
         if self.mode == "full":
-            mem_cos, mem_values, mem_valid = self._full_memory(qn, sample_ids)  # (B,H,nq,k), (B,H,nq,k,Dh)
+            mem_cos, mem_values, mem_valid, mem_index = self._full_memory(qn, sample_ids)  # (B,H,nq,k), (B,H,nq,k,Dh)
         else:
             mem_cos = torch.einsum("bhqd,hpd->bhqp", qn, F.normalize(self.proto_keys, dim=-1))
             mem_values = self.proto_values.unsqueeze(0).unsqueeze(2).expand(q.shape[0], -1, nq, -1, -1)
@@ -108,27 +113,58 @@ class MemorySABlock(SABlock):
             mem_out = torch.einsum("bhqk,bhqkd->bhqd", mem_weights, mem_values)
             has_memory = mem_valid.any(dim=-1, keepdim=True)  # empty memory: keep the local output
             gate = torch.sigmoid(self.gate_logit).view(1, -1, 1, 1) * has_memory
-            mixed = gate * mem_out + (1.0 - gate) * local_out[:, :, :nq]
+            mem_part, local_part = gate * mem_out, (1.0 - gate) * local_out[:, :, :nq]
+            mixed = mem_part + local_part
         else:
             joint = torch.softmax(torch.cat([local_scores[:, :, :nq], mem_scores], dim=-1), dim=-1)
             t = k.shape[2]
             local_w, mem_w = joint[..., :t], joint[..., t:] * mem_valid
-            mixed = local_w @ v + torch.einsum("bhqk,bhqkd->bhqd", mem_w, mem_values)
+            mem_weights = mem_w
+            mem_part, local_part = torch.einsum("bhqk,bhqkd->bhqd", mem_w, mem_values), local_w @ v
+            mixed = local_part + mem_part
             gate = mem_w.sum(dim=-1, keepdim=True)
         self.last_gate = gate.detach()
+        if self.record_evidence:
+            self.record_read(local_scores, mem_weights, mem_index, mem_part, local_part)
         out = torch.cat([mixed, local_out[:, :, nq:]], dim=2) if nq < q.shape[2] else mixed
         out = self.out_rearrange(out)
         return self.drop_output(self.out_proj(out))
 
     @torch.jit.unused
-    def _full_memory(self, qn: torch.Tensor, sample_ids: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Top-k retrieval: cosine (B, H, Tq, k), values (B, H, Tq, k, Dh), validity mask (B, H, Tq, k)."""
+    def _full_memory(self, qn: torch.Tensor, sample_ids: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top-k retrieval: cosine (B, H, Tq, k), values (B, H, Tq, k, Dh), validity mask and entry index (B, H, Tq, k)."""
         found, index = self.memory.search(qn.detach(), self.k, sample_ids)
         mem_keys, mem_values = self.memory.gather(index)
         cos = torch.einsum("bhqd,bhqkd->bhqk", qn, mem_keys)  # recomputed so gradients reach the query
         if self.label_aware:
             mem_values = mem_values + self.label_values(self.memory.labels_at(index))
-        return cos, mem_values, torch.isfinite(found)
+        return cos, mem_values, torch.isfinite(found), index
+
+    @torch.jit.unused
+    @torch.no_grad()
+    def record_read(self, local_scores: torch.Tensor, mem_weights: torch.Tensor, mem_index: torch.Tensor, mem_part: torch.Tensor, local_part: torch.Tensor) -> None:
+        """Keep the class token's read of this forward in ``self.evidence``:
+
+        - ``cls_attention`` (B, H, T-1): its local attention over the patch tokens (attention map);
+        - ``weights`` (B, H, k): its attention over the retrieved entries or prototypes;
+        - ``sample_ids`` (B, H, k, m): training samples behind each (m = 1 for entries, members for
+          prototypes; -1 = none);
+        - ``reliance`` (B,): share of the memory in the class token's attention output,
+          ||memory part|| / (||memory part|| + ||local part||), averaged over heads.
+        """
+        weights = mem_weights[:, :, 0]
+        if self.mode == "full":
+            owners = self.memory.row_ids[mem_index[:, :, 0] // self.memory.tokens].unsqueeze(-1)
+            owners = owners.masked_fill(weights.unsqueeze(-1) <= 0, -1)
+        else:
+            owners = self.proto_members.unsqueeze(0).expand(weights.shape[0], -1, -1, -1)
+        mem_norm, local_norm = mem_part[:, :, 0].norm(dim=-1), local_part[:, :, 0].norm(dim=-1)
+        self.evidence = {
+            "cls_attention": torch.softmax(local_scores[:, :, 0], dim=-1)[:, :, 1:],
+            "weights": weights,
+            "sample_ids": owners,
+            "reliance": (mem_norm / (mem_norm + local_norm).clamp(min=1e-12)).mean(dim=1),
+        }
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
