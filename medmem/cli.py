@@ -57,6 +57,17 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from medmem.engine.batch_predict import run_prediction
+
+    window = tuple(args.window) if args.window else None
+    result = run_prediction(
+        args.inputs, args.model, args.output_dir, card_path=args.card, resume=args.resume,
+        slice_policy=args.slice_policy, window=window, batch_size=args.batch_size, top_cases=args.top_cases,
+    )  # fmt: skip
+    return 0 if result["predicted"] or not result["errors"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medmem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-unreadable", action="store_true", help="list unreadable files instead of failing")
     p.add_argument("--no-hash", action="store_true", help="with --check: skip re-hashing file contents")
     p.set_defaults(func=_cmd_manifest)
+
+    p = sub.add_parser("predict", help="predict a folder tree of scans with a deployable checkpoint, with evidence")
+    p.add_argument("inputs", nargs="+", help="files or folders (DICOM, NIfTI, PNG/JPEG/TIFF)")
+    p.add_argument("--model", required=True, help="deployable checkpoint (models/model.pt from the bundle's summarize step)")
+    p.add_argument("--card", help="model card JSON (default: the checkpoint's path with .json)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--resume", action="store_true", help="skip inputs already in the output folder")
+    p.add_argument("--slice-policy", default="middle", choices=["middle", "max_area"], help="volume given to a 2D model: which slice")
+    p.add_argument("--window", nargs=2, type=float, metavar=("CENTRE", "WIDTH"), help="intensity window (e.g. CT)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--top-cases", type=int, default=5, help="similar training cases per prediction")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

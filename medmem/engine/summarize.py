@@ -44,11 +44,14 @@ def summarize_checkpoint(
     lr: float = 1e-2,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    class_names: list[str] | None = None,
+    training_datalist: list[dict] | None = None,
 ) -> dict:
     """Load a trained full-memory checkpoint, summarise its memory, write the deployable checkpoint.
 
     The report (JSON) holds validation ACC/AUC/F1 with the full memory and with the prototypes, their
-    difference, and the network time of both on the validation split.
+    difference, and the network time of both on the validation split. A model card ``<output>.json``
+    beside the checkpoint (see :func:`write_model_card`) lets ``medmem predict`` use it on its own.
     """
     network.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
     network.to(device)
@@ -60,7 +63,9 @@ def summarize_checkpoint(
     drop_full_memory(network)
     probs, labels, proto_seconds = predict_probs(network, val_batches, device)
     proto = classification_metrics(probs, labels, num_classes)
+    training_cases = case_table(network, training_datalist or [], class_names or [])
     torch_save_atomic(network.state_dict(), output_path)
+    write_model_card(network, str(output_path).rsplit(".", 1)[0] + ".json", class_names or [], training_cases)
     report = {
         "checkpoint": str(checkpoint),
         "deployable": str(output_path),
@@ -75,3 +80,20 @@ def summarize_checkpoint(
     logger.info("prototypes: val ACC %.4f (full memory %.4f); network time %.2fs vs %.2fs", proto["acc"], full["acc"], proto_seconds, full_seconds)
     print({k: report[k] for k in ("validation_full_memory", "validation_prototypes", "delta_acc")})
     return report
+
+
+def case_table(network: torch.nn.Module, datalist: list[dict], class_names: list[str]) -> dict[str, list]:
+    """``{sample_id: [case_id, class name]}`` for the training cases the prototypes stand for."""
+    wanted = {int(i) for layer in network.memory_layers() for i in layer.proto_members.flatten().tolist() if i >= 0}
+    table = {}
+    for item in datalist:
+        if int(item["sample_id"]) in wanted:
+            label = int(item["label"])
+            table[str(item["sample_id"])] = [item.get("case_id", ""), class_names[label] if label < len(class_names) else str(label)]
+    return table
+
+
+def write_model_card(network: torch.nn.Module, path: str, class_names: list[str], training_cases: dict) -> None:
+    """JSON beside a deployable checkpoint: how to build the network, its input, its classes, and the
+    training cases (relative path, class; no patient data) behind its prototypes."""
+    write_json_atomic({"network": dict(network.config), "class_names": list(class_names), "training_cases": training_cases}, path)

@@ -1,0 +1,239 @@
+"""``medmem predict``: a trained deployable checkpoint over a folder tree of scans, with evidence.
+
+Inputs: any mix of PNG/JPEG/TIFF, NIfTI (2D/3D), MedMNIST npz references and DICOM; single-frame
+DICOM files of one SeriesInstanceUID in one folder form one study (a volume), a multi-frame file is
+its own study. A volume given to a 2D model is reduced to one slice (``--slice-policy``).
+
+Outputs in the output folder:
+- ``predictions.jsonl`` (appended per batch, so an interrupted run keeps what it finished) and
+  ``predictions.csv`` (written atomically at the end): input (relative path), series UID, predicted
+  class, probabilities, memory reliance, and the most similar training cases recalled from the
+  memory or prototypes (id, case, class);
+- ``errors.csv``: inputs that could not be used, with the reason; the run goes on past them.
+No DICOM tag other than the allow-listed, non-identifying ones is read into any output.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from monai.data import MetaTensor
+from monai.transforms import LoadImage
+
+from medmem.atomic import atomic_path, write_text_atomic
+from medmem.data.manifest import is_hidden
+from medmem.data.readers import DicomReader, ImageLoadError, is_dicom_file
+from medmem.data.transforms import LoadMedicalImage, match_channels, match_spatial_dims, scale_to_unit
+from medmem.engine.predict import describe_failure
+
+
+@dataclass
+class Study:
+    """One prediction input: a file, or the files of one DICOM series."""
+
+    key: str  # relative path shown in outputs (the folder for a series)
+    path: str  # file, or folder of the series
+    series_uid: str = ""
+    files: list[str] = field(default_factory=list)
+
+
+def discover_studies(inputs: list[str]) -> tuple[list[Study], list[list[str]]]:
+    """Studies under the given files/folders, and ``[path, reason]`` rows for unreadable DICOM headers."""
+    import pydicom
+
+    studies: list[Study] = []
+    errors: list[list[str]] = []
+    series: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for given in map(Path, inputs):
+        root = given if given.is_dir() else given.parent
+        files = [given] if not given.is_dir() else [f for f in sorted(given.rglob("*")) if f.is_file() and not any(is_hidden(p) for p in f.relative_to(given).parts)]
+        for f in files:
+            rel = os.path.relpath(f, root) if given.is_dir() else f.name
+            if f.name.upper().startswith("DICOMDIR"):
+                continue
+            if is_dicom_file(f):
+                try:
+                    header = pydicom.dcmread(f, stop_before_pixels=True)
+                except Exception as exc:
+                    errors.append([rel, f"not a readable DICOM file ({exc})"])
+                    continue
+                uid = str(header.get("SeriesInstanceUID", ""))
+                frames = int(header.get("NumberOfFrames", 1) or 1)
+                if uid and frames == 1:
+                    series[(str(f.parent), uid)].append(rel)
+                    continue
+                studies.append(Study(rel, str(f), uid, [str(f)]))
+            else:
+                studies.append(Study(rel, str(f)))
+        for (folder, uid), rels in list(series.items()):
+            if len(rels) == 1:
+                studies.append(Study(rels[0], str(root / rels[0]), uid, [str(root / rels[0])]))
+            else:
+                key = os.path.dirname(rels[0]) or "."
+                studies.append(Study(f"{key}#{uid}", folder, uid, [str(root / r) for r in rels]))
+            del series[(folder, uid)]
+    return sorted(studies, key=lambda s: s.key), errors
+
+
+class StudyLoader:
+    """Study -> model-ready tensor (in_channels, *image_size), following the model card's input spec."""
+
+    def __init__(self, image_size: list[int], in_channels: int, spatial_dims: int, slice_policy: str = "middle", window: tuple | None = None):
+        self.size, self.channels, self.dims = list(image_size), in_channels, spatial_dims
+        self.slice_policy, self.window = slice_policy, window
+        self.file_loader = LoadMedicalImage()
+
+    def load(self, study: Study) -> torch.Tensor:
+        if len(study.files) > 1:  # a DICOM series: read the folder, that series only
+            try:
+                image = LoadImage(image_only=True, ensure_channel_first=True, dtype=None)(study.path, reader=DicomReader(series_uid=study.series_uid))
+            except ImageLoadError:
+                raise
+            except Exception as exc:
+                raise ImageLoadError(study.key, f"cannot read DICOM series ({str(exc).splitlines()[0]})") from exc
+        else:
+            image = self.file_loader(study.path)
+        x = image.as_tensor() if isinstance(image, MetaTensor) else image
+        x = scale_to_unit(x, self.window)
+        x = match_spatial_dims(x, self.dims, self.slice_policy)
+        x = match_channels(x, self.channels)
+        mode = "area" if self.dims == 2 else "trilinear"
+        return torch.nn.functional.interpolate(x[None].float(), size=self.size, mode=mode)[0]
+
+
+def load_deployable(model_path: str, card_path: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """The network described by the model card (``<model>.json``) with the checkpoint's weights."""
+    from medmem.networks import MemoryViT
+
+    card_file = Path(card_path or str(model_path).rsplit(".", 1)[0] + ".json")
+    if not card_file.exists():
+        raise FileNotFoundError(f"{card_file}: model card not found (written by the bundle's summarize step)")
+    card = json.loads(card_file.read_text())
+    config = {k: v for k, v in card["network"].items()}
+    network = MemoryViT(**config)
+    network.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
+    network.eval()
+    return network, card
+
+
+def _evidence_rows(network: torch.nn.Module, card: dict, top: int) -> tuple[list[float], list[list[dict]]]:
+    """Per sample of the last forward: memory reliance and the ``top`` most similar training cases."""
+    layers = network.memory_layers()
+    if not layers or not layers[-1].evidence:
+        return [], []
+    ev = layers[-1].evidence
+    weights, owners = ev["weights"], ev["sample_ids"]  # (B, H, k), (B, H, k, m)
+    cases = card.get("training_cases", {})
+    out = []
+    for b in range(weights.shape[0]):
+        score: dict[int, float] = defaultdict(float)
+        w, o = weights[b], owners[b]
+        members = (o >= 0).sum(-1).clamp(min=1)
+        for h in range(w.shape[0]):
+            for j in range(w.shape[1]):
+                share = float(w[h, j]) / int(members[h, j])
+                for sid in o[h, j].tolist():
+                    if sid >= 0:
+                        score[sid] += share
+        best = sorted(score.items(), key=lambda kv: -kv[1])[:top]
+        out.append([{"sample_id": sid, "case": cases.get(str(sid), ["", ""])[0], "class": cases.get(str(sid), ["", ""])[1], "weight": round(s, 4)} for sid, s in best])
+    return [float(r) for r in ev["reliance"]], out
+
+
+def _read_done(jsonl: Path) -> list[dict]:
+    """Rows already written; a trailing half line from an interrupted run is dropped."""
+    if not jsonl.exists():
+        return []
+    rows = []
+    for line in jsonl.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def run_prediction(
+    inputs: list[str],
+    model_path: str,
+    output_dir: str,
+    card_path: str | None = None,
+    resume: bool = False,
+    slice_policy: str = "middle",
+    window: tuple | None = None,
+    batch_size: int = 32,
+    top_cases: int = 5,
+) -> dict:
+    network, card = load_deployable(model_path, card_path)
+    cfg, classes = card["network"], card["class_names"]
+    loader = StudyLoader(cfg["img_size"], cfg["in_channels"], cfg["spatial_dims"], slice_policy, window)
+    for layer in network.memory_layers():
+        layer.record_evidence = True
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl, errors_csv = out / "predictions.jsonl", out / "errors.csv"
+    done_rows = _read_done(jsonl) if resume else []
+    with atomic_path(jsonl) as tmp:  # rewrite what is kept (drops a torn last line)
+        Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in done_rows))
+    old_errors = list(csv.reader(open(errors_csv)))[1:] if resume and errors_csv.exists() else []
+    done = {r["input"] for r in done_rows} | {e[0] for e in old_errors}
+    studies, errors = discover_studies(inputs)
+    errors = old_errors + [e for e in errors if e[0] not in done]
+    todo = [s for s in studies if s.key not in done]
+    from tqdm import tqdm
+
+    batch: list[tuple[Study, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        with torch.no_grad():
+            probs = network(torch.stack([t for _, t in batch])).softmax(-1)
+        reliance, similar = _evidence_rows(network, card, top_cases)
+        with open(jsonl, "a") as fh:
+            for i, (study, _) in enumerate(batch):
+                p = probs[i]
+                row = {
+                    "input": study.key,
+                    "series_uid": study.series_uid,
+                    "predicted": classes[int(p.argmax())],
+                    "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
+                    "memory_reliance": round(reliance[i], 4) if reliance else None,
+                    "similar_cases": similar[i] if similar else [],
+                }
+                fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        batch.clear()
+
+    for study in tqdm(todo, desc="predict", disable=not os.isatty(2)):
+        try:
+            batch.append((study, loader.load(study)))
+        except Exception as exc:
+            errors.append([study.key, describe_failure(exc)])
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    rows = _read_done(jsonl)
+    header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["memory_reliance", "similar_cases"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    for r in sorted(rows, key=lambda r: r["input"]):
+        similar = "; ".join(f"{c['sample_id']}:{c['case']}:{c['class']}" for c in r["similar_cases"])
+        writer.writerow([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [r["memory_reliance"], similar])
+    write_text_atomic(buf.getvalue(), out / "predictions.csv")
+    ebuf = io.StringIO()
+    ewriter = csv.writer(ebuf)
+    ewriter.writerow(["input", "reason"])
+    ewriter.writerows(sorted(errors))
+    write_text_atomic(ebuf.getvalue(), errors_csv)
+    print(f"{len(rows)} prediction(s), {len(errors)} error(s) -> {out / 'predictions.csv'}, {errors_csv}")
+    return {"predicted": len(rows), "errors": len(errors)}
