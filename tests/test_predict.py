@@ -1,0 +1,115 @@
+"""``medmem predict`` on a mixed folder of real files with broken ones added."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+import torch
+
+from medmem.engine.batch_predict import run_prediction
+from medmem.engine.summarize import write_model_card
+from medmem.memory.prototypes import summarize_memory
+from medmem.networks import MemoryViT
+from tests.conftest import dicom_file, nifti_file, pydicom_test_dir
+
+
+@pytest.fixture(scope="module")
+def deployable(tmp_path_factory) -> Path:
+    """A small prototypes-mode model with a model card naming its training cases."""
+    torch.manual_seed(0)
+    model = MemoryViT(1, 16, 4, 3, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=4, num_prototypes=8)
+    x, y, ids = torch.rand(12, 1, 16, 16), torch.arange(12) % 3, torch.arange(12) + 100
+    model.write_memory(x, ids, y)
+    summarize_memory(model, [{"image": x, "label": y, "sample_id": ids}], epochs=2)
+    from medmem.memory.prototypes import drop_full_memory
+
+    drop_full_memory(model)
+    folder = tmp_path_factory.mktemp("model")
+    torch.save(model.state_dict(), folder / "model.pt")
+    cases = {str(int(i)): [f"train/case_{int(i)}.png", ["a", "b", "c"][int(c)]] for i, c in zip(ids, y)}
+    write_model_card(model, str(folder / "model.json"), ["a", "b", "c"], cases)
+    return folder / "model.pt"
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path, data_root) -> Path:
+    root = tmp_path / "in"
+    (root / "series").mkdir(parents=True)
+    shutil.copy(dicom_file("CT_small.dcm"), root / "ct.dcm")
+    shutil.copy(dicom_file("emri_small.dcm"), root / "multiframe.dcm")
+    for f in (pydicom_test_dir() / "dicomdirtests/77654033/CT2").iterdir():
+        shutil.copy(f, root / "series" / f.name)
+    shutil.copy(nifti_file("anatomical.nii"), root / "brain.nii")
+    shutil.copy(data_root / "nct_crc_he_100k_tiles/TUM-AACHEHDV.tif", root / "tile.tif")
+    shutil.copy(data_root / "pbc_blood_cells_96/basophil/BA_100102.jpg", root / "cell.jpg")
+    (root / "truncated.jpg").write_bytes((data_root / "pbc_blood_cells_96/basophil/BA_100102.jpg").read_bytes()[:200])
+    (root / "empty.nii.gz").write_bytes(b"")
+    (root / "notes.txt").write_text("not an image")
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    del ds.PixelData
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()  # a stray file, not a slice of ct.dcm's series
+    ds.save_as(root / "nopixels.dcm")
+    return root
+
+
+EXPECTED_INPUTS = {"brain.nii", "cell.jpg", "ct.dcm", "multiframe.dcm", "tile.tif", "series#1.3.6.1.4.1.5962.1.1.0.0.0.1196530851.28319.0.2"}
+EXPECTED_ERRORS = {"empty.nii.gz", "notes.txt", "truncated.jpg", "nopixels.dcm"}
+
+
+def read_csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(open(path)))
+
+
+def test_rows_errors_and_evidence(deployable, mixed_folder, tmp_path):
+    out = tmp_path / "out"
+    result = run_prediction([str(mixed_folder)], str(deployable), str(out), batch_size=4)
+    rows = read_csv(out / "predictions.csv")
+    errors = {r["input"]: r["reason"] for r in read_csv(out / "errors.csv")}
+    assert {r["input"] for r in rows} == EXPECTED_INPUTS
+    assert set(errors) == EXPECTED_ERRORS and result == {"predicted": 6, "errors": 4}
+    assert "no pixel data" in errors["nopixels.dcm"] and "unsupported file type" in errors["notes.txt"]
+    for r in rows:
+        probs = [float(r[f"prob_{c}"]) for c in "abc"]
+        assert abs(sum(probs) - 1) < 1e-4 and r["predicted"] == "abc"[probs.index(max(probs))]
+        assert 0.0 < float(r["memory_reliance"]) < 1.0
+    series = next(r for r in rows if r["input"].startswith("series#"))
+    assert series["series_uid"] == "1.3.6.1.4.1.5962.1.1.0.0.0.1196530851.28319.0.2"
+    first = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    assert 1 <= len(first["similar_cases"]) <= 5
+    assert all(c["case"].startswith("train/case_") and c["class"] in "abc" for c in first["similar_cases"])
+
+
+def test_no_patient_identifiers_in_outputs(deployable, mixed_folder, tmp_path):
+    out = tmp_path / "out"
+    run_prediction([str(mixed_folder)], str(deployable), str(out))
+    phi = set()
+    for f in [mixed_folder / "ct.dcm", mixed_folder / "multiframe.dcm", *sorted((mixed_folder / "series").iterdir())]:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        for tag in ("PatientName", "PatientID", "PatientBirthDate", "PatientAddress", "InstitutionName", "ReferringPhysicianName"):
+            value = str(ds.get(tag, "") or "")
+            if len(value) > 3:
+                phi.add(value)
+    assert phi, "the test files should carry identifying tags for this test to mean anything"
+    text = "".join(p.read_text() for p in out.iterdir())
+    assert not [v for v in phi if v in text]
+
+
+def test_resume_after_interruption_gives_the_same_files(deployable, mixed_folder, tmp_path):
+    whole = tmp_path / "whole"
+    run_prediction([str(mixed_folder)], str(deployable), str(whole), batch_size=2)
+    part = tmp_path / "part"
+    run_prediction([str(mixed_folder)], str(deployable), str(part), batch_size=2)
+    lines = (part / "predictions.jsonl").read_text().splitlines()
+    # as if killed mid-write: two complete rows and a torn third
+    (part / "predictions.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
+    (part / "predictions.csv").unlink()
+    (part / "errors.csv").unlink()
+    run_prediction([str(mixed_folder)], str(deployable), str(part), batch_size=2, resume=True)
+    for name in ("predictions.csv", "errors.csv"):
+        assert (part / name).read_text() == (whole / name).read_text()
+    assert len((part / "predictions.jsonl").read_text().splitlines()) == len(EXPECTED_INPUTS)
