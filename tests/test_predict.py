@@ -32,7 +32,10 @@ def deployable(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model")
     torch.save(model.state_dict(), folder / "model.pt")
     cases = {str(int(i)): [f"train/case_{int(i)}.png", ["a", "b", "c"][int(c)]] for i, c in zip(ids, y)}
-    write_model_card(model, str(folder / "model.json"), ["a", "b", "c"], cases)
+    from medmem.engine.summarize import familiarity_threshold
+
+    threshold = familiarity_threshold(model, [{"image": x}])
+    write_model_card(model, str(folder / "model.json"), ["a", "b", "c"], cases, threshold)
     return folder / "model.pt"
 
 
@@ -77,6 +80,8 @@ def test_rows_errors_and_evidence(deployable, mixed_folder, tmp_path):
         probs = [float(r[f"prob_{c}"]) for c in "abc"]
         assert abs(sum(probs) - 1) < 1e-4 and r["predicted"] == "abc"[probs.index(max(probs))]
         assert 0.0 < float(r["memory_reliance"]) < 1.0
+    threshold = json.loads(deployable.with_suffix(".json").read_text())["ood_threshold"]
+    assert all((float(r["familiarity"]) < threshold) == (r["out_of_distribution"] == "True") for r in rows)
     series = next(r for r in rows if r["input"].startswith("series#"))
     assert series["series_uid"] == "1.3.6.1.4.1.5962.1.1.0.0.0.1196530851.28319.0.2"
     first = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])

@@ -7,8 +7,9 @@ its own study. A volume given to a 2D model is reduced to one slice (``--slice-p
 Outputs in the output folder:
 - ``predictions.jsonl`` (appended per batch, so an interrupted run keeps what it finished) and
   ``predictions.csv`` (written atomically at the end): input (relative path), series UID, predicted
-  class, probabilities, memory reliance, and the most similar training cases recalled from the
-  memory or prototypes (id, case, class);
+  class, probabilities, memory reliance, familiarity and an out-of-distribution flag (familiarity
+  below the threshold calibrated on the validation split by the summarise step), and the most
+  similar training cases recalled from the memory or prototypes (id, case, class);
 - ``errors.csv``: inputs that could not be used, with the reason; the run goes on past them.
 No DICOM tag other than the allow-listed, non-identifying ones is read into any output.
 """
@@ -123,11 +124,11 @@ def load_deployable(model_path: str, card_path: str | None = None) -> tuple[torc
     return network, card
 
 
-def _evidence_rows(network: torch.nn.Module, card: dict, top: int) -> tuple[list[float], list[list[dict]]]:
-    """Per sample of the last forward: memory reliance and the ``top`` most similar training cases."""
+def _evidence_rows(network: torch.nn.Module, card: dict, top: int) -> tuple[list[float], list[list[dict]], list[float]]:
+    """Per sample of the last forward: memory reliance, the ``top`` most similar training cases, familiarity."""
     layers = network.memory_layers()
     if not layers or not layers[-1].evidence:
-        return [], []
+        return [], [], []
     ev = layers[-1].evidence
     weights, owners = ev["weights"], ev["sample_ids"]  # (B, H, k), (B, H, k, m)
     cases = card.get("training_cases", {})
@@ -144,7 +145,7 @@ def _evidence_rows(network: torch.nn.Module, card: dict, top: int) -> tuple[list
                         score[sid] += share
         best = sorted(score.items(), key=lambda kv: -kv[1])[:top]
         out.append([{"sample_id": sid, "case": cases.get(str(sid), ["", ""])[0], "class": cases.get(str(sid), ["", ""])[1], "weight": round(s, 4)} for sid, s in best])
-    return [float(r) for r in ev["reliance"]], out
+    return [float(r) for r in ev["reliance"]], out, [float(f) for f in ev["familiarity"]]
 
 
 def _read_done(jsonl: Path) -> list[dict]:
@@ -196,7 +197,8 @@ def run_prediction(
             return
         with torch.no_grad():
             probs = network(torch.stack([t for _, t in batch])).softmax(-1)
-        reliance, similar = _evidence_rows(network, card, top_cases)
+        reliance, similar, familiarity = _evidence_rows(network, card, top_cases)
+        threshold = card.get("ood_threshold")
         with open(jsonl, "a") as fh:
             for i, (study, _) in enumerate(batch):
                 p = probs[i]
@@ -206,6 +208,8 @@ def run_prediction(
                     "predicted": classes[int(p.argmax())],
                     "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
                     "memory_reliance": round(reliance[i], 4) if reliance else None,
+                    "familiarity": round(familiarity[i], 4) if familiarity else None,
+                    "out_of_distribution": bool(familiarity[i] < threshold) if familiarity and threshold is not None else None,
                     "similar_cases": similar[i] if similar else [],
                 }
                 fh.write(json.dumps(row) + "\n")
@@ -222,13 +226,15 @@ def run_prediction(
             flush()
     flush()
     rows = _read_done(jsonl)
-    header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["memory_reliance", "similar_cases"]
+    header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["memory_reliance", "familiarity", "out_of_distribution", "similar_cases"]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
     for r in sorted(rows, key=lambda r: r["input"]):
         similar = "; ".join(f"{c['sample_id']}:{c['case']}:{c['class']}" for c in r["similar_cases"])
-        writer.writerow([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [r["memory_reliance"], similar])
+        writer.writerow(
+            [r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [r["memory_reliance"], r["familiarity"], r["out_of_distribution"], similar]
+        )
     write_text_atomic(buf.getvalue(), out / "predictions.csv")
     ebuf = io.StringIO()
     ewriter = csv.writer(ebuf)

@@ -65,7 +65,8 @@ def summarize_checkpoint(
     proto = classification_metrics(probs, labels, num_classes)
     training_cases = case_table(network, training_datalist or [], class_names or [])
     torch_save_atomic(network.state_dict(), output_path)
-    write_model_card(network, str(output_path).rsplit(".", 1)[0] + ".json", class_names or [], training_cases)
+    threshold = familiarity_threshold(network, val_batches, device)
+    write_model_card(network, str(output_path).rsplit(".", 1)[0] + ".json", class_names or [], training_cases, threshold)
     report = {
         "checkpoint": str(checkpoint),
         "deployable": str(output_path),
@@ -93,7 +94,28 @@ def case_table(network: torch.nn.Module, datalist: list[dict], class_names: list
     return table
 
 
-def write_model_card(network: torch.nn.Module, path: str, class_names: list[str], training_cases: dict) -> None:
-    """JSON beside a deployable checkpoint: how to build the network, its input, its classes, and the
-    training cases (relative path, class; no patient data) behind its prototypes."""
-    write_json_atomic({"network": dict(network.config), "class_names": list(class_names), "training_cases": training_cases}, path)
+@torch.no_grad()
+def familiarity_threshold(network: torch.nn.Module, batches: Iterable[dict], device: torch.device | str = "cpu", quantile: float = 0.01) -> float | None:
+    """Out-of-distribution threshold: the ``quantile`` of the class token's familiarity (similarity to
+    its nearest prototype) over validation images. Below it, a prediction is flagged."""
+    layers = network.memory_layers()
+    if not layers:
+        return None
+    network.eval()
+    layers[-1].record_evidence = True
+    scores = []
+    try:
+        for batch in batches:
+            network(torch.as_tensor(batch["image"]).float().to(device))
+            scores.append(layers[-1].evidence["familiarity"].cpu())
+    finally:
+        layers[-1].record_evidence = False
+    return float(torch.quantile(torch.cat(scores), quantile)) if scores else None
+
+
+def write_model_card(network: torch.nn.Module, path: str, class_names: list[str], training_cases: dict, ood_threshold: float | None = None) -> None:
+    """JSON beside a deployable checkpoint: how to build the network, its input, its classes, the
+    out-of-distribution threshold, and the training cases (relative path, class; no patient data)
+    behind its prototypes."""
+    card = {"network": dict(network.config), "class_names": list(class_names), "ood_threshold": ood_threshold, "training_cases": training_cases}
+    write_json_atomic(card, path)

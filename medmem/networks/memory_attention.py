@@ -125,7 +125,7 @@ class MemorySABlock(SABlock):
             gate = mem_w.sum(dim=-1, keepdim=True)
         self.last_gate = gate.detach()
         if self.record_evidence:
-            self.record_read(local_scores, mem_weights, mem_index, mem_part, local_part)
+            self.record_read(local_scores, mem_weights, mem_index, mem_part, local_part, mem_cos.masked_fill(~mem_valid, -1.0))
         out = torch.cat([mixed, local_out[:, :, nq:]], dim=2) if nq < q.shape[2] else mixed
         out = self.out_rearrange(out)
         return self.drop_output(self.out_proj(out))
@@ -142,7 +142,9 @@ class MemorySABlock(SABlock):
 
     @torch.jit.unused
     @torch.no_grad()
-    def record_read(self, local_scores: torch.Tensor, mem_weights: torch.Tensor, mem_index: torch.Tensor, mem_part: torch.Tensor, local_part: torch.Tensor) -> None:
+    def record_read(
+        self, local_scores: torch.Tensor, mem_weights: torch.Tensor, mem_index: torch.Tensor, mem_part: torch.Tensor, local_part: torch.Tensor, mem_cos: torch.Tensor
+    ) -> None:
         """Keep the class token's read of this forward in ``self.evidence``:
 
         - ``cls_attention`` (B, H, T-1): its local attention over the patch tokens (attention map);
@@ -150,7 +152,9 @@ class MemorySABlock(SABlock):
         - ``sample_ids`` (B, H, k, m): training samples behind each (m = 1 for entries, members for
           prototypes; -1 = none);
         - ``reliance`` (B,): share of the memory in the class token's attention output,
-          ||memory part|| / (||memory part|| + ||local part||), averaged over heads.
+          ||memory part|| / (||memory part|| + ||local part||), averaged over heads;
+        - ``familiarity`` (B,): cosine similarity of the class token's query to its nearest memory
+          entry or prototype, averaged over heads (low: unlike anything in memory).
         """
         weights = mem_weights[:, :, 0]
         if self.mode == "full":
@@ -164,6 +168,7 @@ class MemorySABlock(SABlock):
             "weights": weights,
             "sample_ids": owners,
             "reliance": (mem_norm / (mem_norm + local_norm).clamp(min=1e-12)).mean(dim=1),
+            "familiarity": mem_cos[:, :, 0].max(dim=-1).values.mean(dim=1),
         }
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
