@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     result = run_prediction(
         args.inputs, args.model, args.output_dir, card_path=args.card, resume=args.resume,
         slice_policy=args.slice_policy, window=window, batch_size=args.batch_size, top_cases=args.top_cases,
+        explain=args.explain, data_root=args.data_root or os.environ.get("MEDMEM_DATA_ROOT"),
     )  # fmt: skip
     return 0 if result["predicted"] or not result["errors"] else 1
 
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", nargs=2, type=float, metavar=("CENTRE", "WIDTH"), help="intensity window (e.g. CT)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--top-cases", type=int, default=5, help="similar training cases per prediction")
+    p.add_argument("--explain", action="store_true", help="write evidence PNGs and index.html")
+    p.add_argument("--data-root", help="where the training images are, to show recalled cases (default: $MEDMEM_DATA_ROOT)")
     p.set_defaults(func=_cmd_predict)
     return parser
 

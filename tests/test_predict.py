@@ -118,3 +118,18 @@ def test_resume_after_interruption_gives_the_same_files(deployable, mixed_folder
     for name in ("predictions.csv", "errors.csv"):
         assert (part / name).read_text() == (whole / name).read_text()
     assert len((part / "predictions.jsonl").read_text().splitlines()) == len(EXPECTED_INPUTS)
+
+
+def test_explain_writes_a_picture_per_input_and_an_index(deployable, mixed_folder, tmp_path):
+    out = tmp_path / "out"
+    run_prediction([str(mixed_folder)], str(deployable), str(out), explain=True)
+    pictures = sorted(p.name for p in (out / "explain").iterdir())
+    assert len(pictures) == len(EXPECTED_INPUTS) and all(p.endswith(".png") for p in pictures)
+    from PIL import Image
+
+    with Image.open(out / "explain" / "cell.jpg.png") as im:
+        assert im.size[0] > 2 * im.size[1]  # input, attention map and recalled cases side by side
+    page = (out / "index.html").read_text()
+    for key in EXPECTED_INPUTS:
+        assert key in page
+    assert page.count("<img ") == len(EXPECTED_INPUTS)

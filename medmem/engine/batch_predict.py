@@ -32,6 +32,7 @@ from medmem.atomic import atomic_path, write_text_atomic
 from medmem.data.manifest import is_hidden
 from medmem.data.readers import DicomReader, ImageLoadError, is_dicom_file
 from medmem.data.transforms import LoadMedicalImage, match_channels, match_spatial_dims, scale_to_unit
+from medmem.engine.explain import attention_grid, render_evidence, safe_name, write_index
 from medmem.engine.predict import describe_failure
 
 
@@ -148,6 +149,23 @@ def _evidence_rows(network: torch.nn.Module, card: dict, top: int) -> tuple[list
     return [float(r) for r in ev["reliance"]], out, [float(f) for f in ev["familiarity"]]
 
 
+def explain_batch(network, batch, probs, similar, classes, out: Path, loader: "StudyLoader", data_root: str | None) -> None:
+    """Evidence PNGs for one predicted batch."""
+    layers = network.memory_layers()
+    attention = layers[-1].evidence.get("cls_attention") if layers else None
+    for i, (study, image) in enumerate(batch):
+        cases = similar[i] if similar else []
+        case_images = []
+        for case in cases[:4]:
+            try:
+                case_images.append(loader.load(Study(case["case"], os.path.join(data_root, case["case"]))) if data_root and case["case"] else None)
+            except Exception:
+                case_images.append(None)
+        grid = attention_grid(attention[i], loader.size) if attention is not None else None
+        title = f"{study.key}: {classes[int(probs[i].argmax())]} ({float(probs[i].max()):.2f})"
+        render_evidence(out / "explain" / f"{safe_name(study.key)}.png", image, grid, title, cases, case_images)
+
+
 def _read_done(jsonl: Path) -> list[dict]:
     """Rows already written; a trailing half line from an interrupted run is dropped."""
     if not jsonl.exists():
@@ -171,7 +189,12 @@ def run_prediction(
     window: tuple | None = None,
     batch_size: int = 32,
     top_cases: int = 5,
+    explain: bool = False,
+    data_root: str | None = None,
 ) -> dict:
+    """Predict every study under ``inputs``; see the module docstring for the outputs. With
+    ``explain``, also ``explain/<input>.png`` per input and ``index.html``; recalled training cases are
+    drawn when ``data_root`` (where the training images are) is given."""
     network, card = load_deployable(model_path, card_path)
     cfg, classes = card["network"], card["class_names"]
     loader = StudyLoader(cfg["img_size"], cfg["in_channels"], cfg["spatial_dims"], slice_policy, window)
@@ -215,6 +238,8 @@ def run_prediction(
                 fh.write(json.dumps(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if explain:
+            explain_batch(network, batch, probs, similar, classes, out, loader, data_root)
         batch.clear()
 
     for study in tqdm(todo, desc="predict", disable=not os.isatty(2)):
@@ -241,5 +266,7 @@ def run_prediction(
     ewriter.writerow(["input", "reason"])
     ewriter.writerows(sorted(errors))
     write_text_atomic(ebuf.getvalue(), errors_csv)
+    if explain:
+        print(f"evidence report: {write_index(out, rows, classes)}")
     print(f"{len(rows)} prediction(s), {len(errors)} error(s) -> {out / 'predictions.csv'}, {errors_csv}")
     return {"predicted": len(rows), "errors": len(errors)}
