@@ -5,7 +5,8 @@
 3. evaluate on the test split with the full memory;
 4. summarise the memory into prototypes (deployable ``models/model.pt``), evaluate that too;
 5. export TorchScript (``ckpt_export``) and check it matches the eager deployable model;
-6. run ``inference`` on a folder of held-out test images and print where the table is.
+6. run the bundle's ``inference`` on a folder of held-out test images;
+7. run ``medmem predict --explain`` on the same folder and print where the evidence report is.
 """
 
 from __future__ import annotations
@@ -71,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("full", "prototypes"):
         report = json.loads((out / f"eval_test_{mode}" / "test_metrics.json").read_text())
         print(f"test split, {mode:>10} memory: ACC {report['acc']:.3f}  AUC {report['auc']:.3f}  F1 {report['f1']:.3f}  (n={report['n']})")
-    print(f"predictions table: {out / 'inference' / 'predictions.csv'}")
+    step(
+        "7. medmem predict --explain (predictions with evidence)",
+        [sys.executable, "-m", "medmem.cli", "predict", str(inputs), "--model", str(models / "model.pt"), "--output-dir", str(out / "predict"), "--explain", "--data-root", str(data_root)],
+    )
+    print(f"bundle inference table: {out / 'inference' / 'predictions.csv'}")
+    print(f"evidence report (open in a browser): {out / 'predict' / 'index.html'}")
     return 0
 
 
