@@ -96,6 +96,26 @@ def bench_model(repeats: int, sizes: list[int]) -> list[dict]:
     return rows
 
 
+def bench_memory_read(repeats: int, sizes: list[int]) -> list[dict]:
+    """The memorising attention block alone (batch of 128 token sequences): full memory against 256
+    prototypes per head, the read that prototype summarisation replaces."""
+    rows = []
+    x = torch.randn(128, 65, 192)
+    for entries in sizes:
+        torch.manual_seed(0)
+        model = MemoryViT(3, 64, 8, 8, memory_mode="full", num_prototypes=256).eval()
+        fill(model, entries)
+        block = model.memory_layers()[0]
+        with torch.no_grad():
+            full = timed(lambda: block(x), repeats)
+            block.mode = "prototypes"
+            proto = timed(lambda: block(x), repeats)
+            block.mode = "off"
+            plain = timed(lambda: block(x), repeats)
+        rows.append({"entries": entries, "full": full, "prototypes": proto, "off": plain})
+    return rows
+
+
 def report(result: dict) -> str:
     lines = [
         "# Memory speed",
@@ -116,6 +136,18 @@ def report(result: dict) -> str:
     lines += ["", "## Model (training step: batch 64; inference: batch 128)", "", "| what | mode | queries | memory entries / head | median s | min-max s |", "|---|---|---|---|---|---|"]
     for r in result["model"]:
         lines.append(f"| {r['what']} | {r['mode']} | {r['queries']} | {r['entries']} | {r['median_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} |")
+    if result.get("memory_read"):
+        lines += [
+            "",
+            "## The memorising block alone (128 sequences of 65 tokens, class-token reads)",
+            "",
+            "| memory entries / head | full memory s | 256 prototypes s | no memory s | full / prototypes | memory read: full / prototypes |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in result["memory_read"]:
+            f, p, o = r["full"]["median_s"], r["prototypes"]["median_s"], r["off"]["median_s"]
+            read = (f - o) / max(p - o, 1e-9)
+            lines.append(f"| {r['entries']} | {f:.4f} | {p:.4f} | {o:.4f} | {f / p:.1f}x | {read:.1f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -125,6 +157,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--skip-knn", action="store_true")
+    p.add_argument("--skip-model", action="store_true")
     args = p.parse_args()
     import sys
 
@@ -135,7 +168,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "knn": [] if args.skip_knn else bench_knn(args.repeats),
-        "model": bench_model(args.repeats, args.sizes),
+        "model": [] if args.skip_model else bench_model(args.repeats, args.sizes),
+        "memory_read": bench_memory_read(args.repeats, args.sizes),
     }
     write_json_atomic(result, args.out)
     text = report(result)
