@@ -149,3 +149,13 @@ def test_torchrun_two_processes_writes_one_checkpoint(tmp_path, data_root):
     state = torch.load(out / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
     n_regime = len(json.loads((REPO / "data_manifests/pbc_blood_cells_96.json").read_text())["regimes"]["1"])
     assert int(state["model"]["module.blocks.1.attn.memory.num_rows"]) == n_regime
+
+
+@pytest.mark.slow
+def test_mlflow_tracking_to_a_local_sqlite_store(tmp_path, data_root):
+    mlflow = pytest.importorskip("mlflow", reason="pip install 'medmem[tracking]'")
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    bundle("run", ["train.json"], {**TINY, "output_dir": str(tmp_path / "run"), "epochs": 1, "tracking": "mlflow", "tracking_uri": uri})
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert len(runs) == 1 and "metrics.val_acc" in runs.columns and "metrics.memory_samples" in runs.columns
