@@ -67,6 +67,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         slice_policy=args.slice_policy, window=window, batch_size=args.batch_size, top_cases=args.top_cases,
         explain=args.explain, data_root=args.data_root or os.environ.get("MEDMEM_DATA_ROOT"),
     )  # fmt: skip
+    if not result:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     return 0 if result["predicted"] or not result["errors"] else 1
 
 

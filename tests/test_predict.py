@@ -133,3 +133,21 @@ def test_explain_writes_a_picture_per_input_and_an_index(deployable, mixed_folde
     for key in EXPECTED_INPUTS:
         assert key in page
     assert page.count("<img ") == len(EXPECTED_INPUTS)
+
+
+def test_torchrun_shards_inputs_into_one_merged_output(deployable, mixed_folder, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    single = tmp_path / "single"
+    run_prediction([str(mixed_folder)], str(deployable), str(single))
+    sharded = tmp_path / "sharded"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "medmem.cli", "predict", str(mixed_folder),
+           "--model", str(deployable), "--output-dir", str(sharded)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for name in ("predictions.csv", "errors.csv", "predictions.jsonl"):
+        assert (sharded / name).read_text() == (single / name).read_text()
+    assert not list(sharded.glob("*.part*"))

@@ -5,8 +5,8 @@ DICOM files of one SeriesInstanceUID in one folder form one study (a volume), a 
 its own study. A volume given to a 2D model is reduced to one slice (``--slice-policy``).
 
 Outputs in the output folder:
-- ``predictions.jsonl`` (appended per batch, so an interrupted run keeps what it finished) and
-  ``predictions.csv`` (written atomically at the end): input (relative path), series UID, predicted
+- ``predictions.jsonl`` and ``predictions.csv`` (written atomically at the end; while running, rows
+  are appended per batch to part files, so an interrupted run keeps what it finished): input (relative path), series UID, predicted
   class, probabilities, memory reliance, familiarity and an out-of-distribution flag (familiarity
   below the threshold calibrated on the validation split by the summarise step), and the most
   similar training cases recalled from the memory or prototypes (id, case, class);
@@ -179,6 +179,41 @@ def _read_done(jsonl: Path) -> list[dict]:
     return rows
 
 
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); under ``torchrun`` a gloo process group is started if none is."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    """Append whole lines and make them durable: a kill loses at most the line being written."""
+    with open(path, "a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _csv_text(header: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def run_prediction(
     inputs: list[str],
     model_path: str,
@@ -194,7 +229,13 @@ def run_prediction(
 ) -> dict:
     """Predict every study under ``inputs``; see the module docstring for the outputs. With
     ``explain``, also ``explain/<input>.png`` per input and ``index.html``; recalled training cases are
-    drawn when ``data_root`` (where the training images are) is given."""
+    drawn when ``data_root`` (where the training images are) is given.
+
+    Under ``torchrun`` each process takes every N-th input and appends to its own part files
+    (``predictions.part<rank>.jsonl``, ``errors.part<rank>.jsonl``); rank 0 merges them into one set of
+    outputs at the end. A run that was killed keeps its part files, and ``resume`` picks them up.
+    """
+    rank, world = _distributed()
     network, card = load_deployable(model_path, card_path)
     cfg, classes = card["network"], card["class_names"]
     loader = StudyLoader(cfg["img_size"], cfg["in_channels"], cfg["spatial_dims"], slice_policy, window)
@@ -203,14 +244,19 @@ def run_prediction(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     jsonl, errors_csv = out / "predictions.jsonl", out / "errors.csv"
-    done_rows = _read_done(jsonl) if resume else []
-    with atomic_path(jsonl) as tmp:  # rewrite what is kept (drops a torn last line)
-        Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in done_rows))
-    old_errors = list(csv.reader(open(errors_csv)))[1:] if resume and errors_csv.exists() else []
-    done = {r["input"] for r in done_rows} | {e[0] for e in old_errors}
-    studies, errors = discover_studies(inputs)
-    errors = old_errors + [e for e in errors if e[0] not in done]
-    todo = [s for s in studies if s.key not in done]
+    if rank == 0 and not resume:
+        for stale in [jsonl, errors_csv, *out.glob("predictions.part*.jsonl"), *out.glob("errors.part*.jsonl")]:
+            stale.unlink(missing_ok=True)
+    _barrier(world)
+    done_rows = _read_done(jsonl) + [r for part in sorted(out.glob("predictions.part*.jsonl")) for r in _read_done(part)]
+    done_errors = [{"input": e[0], "reason": e[1]} for e in (list(csv.reader(open(errors_csv)))[1:] if errors_csv.exists() else [])]
+    done_errors += [e for part in sorted(out.glob("errors.part*.jsonl")) for e in _read_done(part)]
+    done = {r["input"] for r in done_rows} | {e["input"] for e in done_errors}
+    studies, discovery_errors = discover_studies(inputs)
+    my_part, my_errors = out / f"predictions.part{rank}.jsonl", out / f"errors.part{rank}.jsonl"
+    if rank == 0:
+        _append_jsonl(my_errors, [{"input": k, "reason": r} for k, r in discovery_errors if k not in done])
+    todo = [s for s in studies if s.key not in done][rank::world]
     from tqdm import tqdm
 
     batch: list[tuple[Study, torch.Tensor]] = []
@@ -222,10 +268,11 @@ def run_prediction(
             probs = network(torch.stack([t for _, t in batch])).softmax(-1)
         reliance, similar, familiarity = _evidence_rows(network, card, top_cases)
         threshold = card.get("ood_threshold")
-        with open(jsonl, "a") as fh:
-            for i, (study, _) in enumerate(batch):
-                p = probs[i]
-                row = {
+        rows = []
+        for i, (study, _) in enumerate(batch):
+            p = probs[i]
+            rows.append(
+                {
                     "input": study.key,
                     "series_uid": study.series_uid,
                     "predicted": classes[int(p.argmax())],
@@ -235,38 +282,46 @@ def run_prediction(
                     "out_of_distribution": bool(familiarity[i] < threshold) if familiarity and threshold is not None else None,
                     "similar_cases": similar[i] if similar else [],
                 }
-                fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            )
+        _append_jsonl(my_part, rows)
         if explain:
             explain_batch(network, batch, probs, similar, classes, out, loader, data_root)
         batch.clear()
 
-    for study in tqdm(todo, desc="predict", disable=not os.isatty(2)):
+    for study in tqdm(todo, desc=f"predict (rank {rank})" if world > 1 else "predict", disable=not os.isatty(2)):
         try:
             batch.append((study, loader.load(study)))
         except Exception as exc:
-            errors.append([study.key, describe_failure(exc)])
+            _append_jsonl(my_errors, [{"input": study.key, "reason": describe_failure(exc)}])
         if len(batch) == batch_size:
             flush()
     flush()
-    rows = _read_done(jsonl)
+    _barrier(world)
+    result = merge_outputs(out, classes, explain) if rank == 0 else {}
+    _barrier(world)
+    return result
+
+
+def merge_outputs(out: Path, classes: list[str], explain: bool) -> dict:
+    """Fold the part files into ``predictions.jsonl``/``.csv`` and ``errors.csv`` (atomically)."""
+    jsonl, errors_csv = out / "predictions.jsonl", out / "errors.csv"
+    pred_parts, error_parts = sorted(out.glob("predictions.part*.jsonl")), sorted(out.glob("errors.part*.jsonl"))
+    rows = {r["input"]: r for path in [jsonl, *pred_parts] for r in _read_done(path)}
+    errors = {e[0]: e[1] for e in (list(csv.reader(open(errors_csv)))[1:] if errors_csv.exists() else [])}
+    errors.update({e["input"]: e["reason"] for path in error_parts for e in _read_done(path)})
+    ordered = [rows[k] for k in sorted(rows)]
+    with atomic_path(jsonl) as tmp:
+        Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in ordered))
     header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["memory_reliance", "familiarity", "out_of_distribution", "similar_cases"]
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    for r in sorted(rows, key=lambda r: r["input"]):
+    table = []
+    for r in ordered:
         similar = "; ".join(f"{c['sample_id']}:{c['case']}:{c['class']}" for c in r["similar_cases"])
-        writer.writerow(
-            [r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [r["memory_reliance"], r["familiarity"], r["out_of_distribution"], similar]
-        )
-    write_text_atomic(buf.getvalue(), out / "predictions.csv")
-    ebuf = io.StringIO()
-    ewriter = csv.writer(ebuf)
-    ewriter.writerow(["input", "reason"])
-    ewriter.writerows(sorted(errors))
-    write_text_atomic(ebuf.getvalue(), errors_csv)
+        table.append([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [r["memory_reliance"], r["familiarity"], r["out_of_distribution"], similar])
+    write_text_atomic(_csv_text(header, table), out / "predictions.csv")
+    write_text_atomic(_csv_text(["input", "reason"], sorted(errors.items())), errors_csv)
+    for part in pred_parts + error_parts:
+        part.unlink()
     if explain:
-        print(f"evidence report: {write_index(out, rows, classes)}")
+        print(f"evidence report: {write_index(out, ordered, classes)}")
     print(f"{len(rows)} prediction(s), {len(errors)} error(s) -> {out / 'predictions.csv'}, {errors_csv}")
     return {"predicted": len(rows), "errors": len(errors)}
