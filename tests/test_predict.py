@@ -151,3 +151,24 @@ def test_torchrun_shards_inputs_into_one_merged_output(deployable, mixed_folder,
     for name in ("predictions.csv", "errors.csv", "predictions.jsonl"):
         assert (sharded / name).read_text() == (single / name).read_text()
     assert not list(sharded.glob("*.part*"))
+
+
+def test_index_renders_in_headless_chromium(deployable, mixed_folder, tmp_path):
+    """The evidence page opens in a real browser (Debian's chromium; skipped where it is not installed)."""
+    import shutil as sh
+    import subprocess
+
+    browser = sh.which("chromium") or sh.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    out = tmp_path / "out"
+    run_prediction([str(mixed_folder)], str(deployable), str(out), explain=True)
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"]  # fmt: skip
+    subprocess.run([browser, *flags, f"--screenshot={shot}", (out / "index.html").as_uri()], capture_output=True, timeout=120)
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is None or len(colours) > 50  # text and evidence pictures, not a blank page
