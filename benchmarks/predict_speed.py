@@ -37,11 +37,11 @@ def make_model(folder: Path) -> Path:
     return folder / "model.pt"
 
 
-def time_runs(inputs: Path, model: Path, work: Path, repeats: int, n: int) -> dict:
+def time_runs(inputs: Path, model: Path, work: Path, repeats: int, n: int, workers: int) -> dict:
     rates = []
     for r in range(repeats):
         start = time.perf_counter()
-        run_prediction([str(inputs)], str(model), str(work / f"out{r}"), batch_size=64)
+        run_prediction([str(inputs)], str(model), str(work / f"out{r}"), batch_size=64, workers=workers)
         rates.append(n / (time.perf_counter() - start))
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "n": n}
 
@@ -52,6 +52,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--volumes", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=1, help="decoding worker processes")
     args = p.parse_args()
     data_root = Path(os.environ["MEDMEM_DATA_ROOT"])
     from nibabel.testing import data_path
@@ -67,14 +68,14 @@ def main() -> None:
             (images / f"{i:05d}.jpg").symlink_to(f)
         for i in range(args.volumes):
             shutil.copy(os.path.join(data_path, "anatomical.nii"), volumes / f"{i:04d}.nii")
-        rows = {"2D JPEG 96x96 -> 64x64": time_runs(images, model, work, args.repeats, len(cells)),
-                "3D NIfTI 33x41x25 -> middle slice": time_runs(volumes, model, work, args.repeats, args.volumes)}  # fmt: skip
+        rows = {"2D JPEG 96x96 -> 64x64": time_runs(images, model, work, args.repeats, len(cells), args.workers),
+                "3D NIfTI 33x41x25 -> middle slice": time_runs(volumes, model, work, args.repeats, args.volumes, args.workers)}  # fmt: skip
     lines = [
         "# medmem predict throughput",
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}. Whole runs (discovery, decoding,",
-        f"transforms, network, evidence, outputs), batch 64, {args.repeats} repeats.",
+        f"transforms, network, evidence, outputs), batch 64, {args.workers} decoding worker(s), {args.repeats} repeats.",
         "",
         "| input | inputs per run | images/s median | min-max |",
         "|---|---|---|---|",

@@ -70,7 +70,7 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_rows_errors_and_evidence(deployable, mixed_folder, tmp_path):
     out = tmp_path / "out"
-    result = run_prediction([str(mixed_folder)], str(deployable), str(out), batch_size=4)
+    result = run_prediction([str(mixed_folder)], str(deployable), str(out), batch_size=4, workers=2)
     rows = read_csv(out / "predictions.csv")
     errors = {r["input"]: r["reason"] for r in read_csv(out / "errors.csv")}
     assert {r["input"] for r in rows} == EXPECTED_INPUTS

@@ -110,6 +110,22 @@ class StudyLoader:
         return torch.nn.functional.interpolate(x[None].float(), size=self.size, mode=mode)[0]
 
 
+class StudyDataset(torch.utils.data.Dataset):
+    """Decoded studies for a DataLoader (decoding in worker processes): ``(index, tensor or None, error)``."""
+
+    def __init__(self, studies: list[Study], loader: StudyLoader) -> None:
+        self.studies, self.loader = studies, loader
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return i, self.loader.load(self.studies[i]), ""
+        except Exception as exc:
+            return i, None, describe_failure(exc)
+
+
 def load_deployable(model_path: str, card_path: str | None = None) -> tuple[torch.nn.Module, dict]:
     """The network described by the model card (``<model>.json``) with the checkpoint's weights."""
     from medmem.networks import MemoryViT
@@ -226,6 +242,7 @@ def run_prediction(
     top_cases: int = 5,
     explain: bool = False,
     data_root: str | None = None,
+    workers: int = 0,
 ) -> dict:
     """Predict every study under ``inputs``; see the module docstring for the outputs. With
     ``explain``, also ``explain/<input>.png`` per input and ``index.html``; recalled training cases are
@@ -288,11 +305,12 @@ def run_prediction(
             explain_batch(network, batch, probs, similar, classes, out, loader, data_root)
         batch.clear()
 
-    for study in tqdm(todo, desc=f"predict (rank {rank})" if world > 1 else "predict", disable=not os.isatty(2)):
-        try:
-            batch.append((study, loader.load(study)))
-        except Exception as exc:
-            _append_jsonl(my_errors, [{"input": study.key, "reason": describe_failure(exc)}])
+    decoded = torch.utils.data.DataLoader(StudyDataset(todo, loader), batch_size=None, num_workers=workers, collate_fn=lambda x: x)
+    for index, image, error in tqdm(decoded, total=len(todo), desc=f"predict (rank {rank})" if world > 1 else "predict", disable=not os.isatty(2)):
+        if error:
+            _append_jsonl(my_errors, [{"input": todo[index].key, "reason": error}])
+        else:
+            batch.append((todo[index], image))
         if len(batch) == batch_size:
             flush()
     flush()
