@@ -172,3 +172,32 @@ def test_index_renders_in_headless_chromium(deployable, mixed_folder, tmp_path):
     with Image.open(shot) as im:
         colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 50  # text and evidence pictures, not a blank page
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(deployable, mixed_folder, tmp_path, data_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for i, f in enumerate(sorted((data_root / "pbc_blood_cells_96/monocyte").iterdir())[:300]):
+        (mixed_folder / f"many_{i:03d}.jpg").symlink_to(f)
+    whole = tmp_path / "whole"
+    run_prediction([str(mixed_folder)], str(deployable), str(whole), batch_size=8)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "medmem.cli", "predict", str(mixed_folder), "--model", str(deployable), "--output-dir", str(killed), "--batch-size", "8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    part = killed / "predictions.part0.jsonl"
+    deadline = time.time() + 120
+    while (not part.exists() or len(part.read_text().splitlines()) < 16) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "predictions.csv").exists()  # killed before the end
+    kept = len(part.read_text().splitlines())
+    assert 16 <= kept < 306
+    subprocess.run(cmd + ["--resume"], check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for name in ("predictions.csv", "errors.csv", "predictions.jsonl"):
+        assert (killed / name).read_text() == (whole / name).read_text()
