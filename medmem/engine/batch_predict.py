@@ -17,7 +17,6 @@ No DICOM tag other than the allow-listed, non-identifying ones is read into any 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from collections import defaultdict
@@ -33,7 +32,7 @@ from medmem.data.manifest import is_hidden
 from medmem.data.readers import DicomReader, ImageLoadError, is_dicom_file
 from medmem.data.transforms import LoadMedicalImage, match_channels, match_spatial_dims, scale_to_unit
 from medmem.engine.explain import attention_grid, render_evidence, safe_name, write_index
-from medmem.engine.predict import describe_failure
+from medmem.engine.predict import csv_text, describe_failure
 
 
 @dataclass
@@ -222,14 +221,6 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
         os.fsync(fh.fileno())
 
 
-def _csv_text(header: list[str], rows: list[list]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def run_prediction(
     inputs: list[str],
     model_path: str,
@@ -335,8 +326,8 @@ def merge_outputs(out: Path, classes: list[str], explain: bool) -> dict:
     for r in ordered:
         similar = "; ".join(f"{c['sample_id']}:{c['case']}:{c['class']}" for c in r["similar_cases"])
         table.append([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [r["memory_reliance"], r["familiarity"], r["out_of_distribution"], similar])
-    write_text_atomic(_csv_text(header, table), out / "predictions.csv")
-    write_text_atomic(_csv_text(["input", "reason"], sorted(errors.items())), errors_csv)
+    write_text_atomic(csv_text(header, table), out / "predictions.csv")
+    write_text_atomic(csv_text(["input", "reason"], sorted(errors.items())), errors_csv)
     for part in pred_parts + error_parts:
         part.unlink()
     if explain:

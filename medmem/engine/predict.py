@@ -44,7 +44,7 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
 
 
-def _csv_text(header: list[str], rows: Iterable[list]) -> str:
+def csv_text(header: list[str], rows: Iterable[list]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
@@ -87,7 +87,7 @@ def predict_files(
             flush()
     flush()
     out = Path(output_dir)
-    write_text_atomic(_csv_text(["file", "predicted"] + [f"prob_{c}" for c in class_names], rows), out / "predictions.csv")
-    write_text_atomic(_csv_text(["file", "reason"], errors), out / "errors.csv")
+    write_text_atomic(csv_text(["file", "predicted"] + [f"prob_{c}" for c in class_names], rows), out / "predictions.csv")
+    write_text_atomic(csv_text(["file", "reason"], errors), out / "errors.csv")
     print(f"predicted {len(rows)} image(s), {len(errors)} error(s): {out / 'predictions.csv'}")
     return {"predicted": len(rows), "errors": len(errors), "output_dir": str(out)}
