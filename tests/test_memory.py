@@ -243,3 +243,21 @@ def test_label_aware_memory_reads_neighbour_labels():
     fresh = tiny_vit(memory_labels=True)
     fresh.load_state_dict(model.state_dict())
     assert torch.equal(fresh.memory_layers()[0].memory.row_labels[:5], memory.row_labels[:5])
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_same_token_search_finds_distinct_images(backend):
+    mem = filled_memory(n_samples=20, backend=backend)
+    q = F.normalize(torch.randn(2, H, 3, DH), dim=-1)
+    scores, idx = mem.search(q, k=6, exclude_ids=torch.tensor([100, -1]), same_token=True)
+    assert torch.equal(idx % T, torch.arange(3).view(1, 1, 3, 1).expand_as(idx))  # token j -> token j
+    rows = idx // T
+    assert not (rows[0] == mem.id_to_row[100]).any()
+    for b in range(2):
+        for h in range(H):
+            for j in range(3):
+                assert len(set(rows[b, h, j].tolist())) == 6  # six different images
+                sims = q[b, h, j] @ mem.keys[h, j : mem.num_entries : T].T
+                if b == 0:
+                    sims[mem.id_to_row[100]] = float("-inf")
+                torch.testing.assert_close(scores[b, h, j], sims.topk(6).values, rtol=1e-5, atol=1e-5)

@@ -177,18 +177,24 @@ class ExternalMemory(nn.Module):
 
     # ------------------------------------------------------------------------------------------ read
     @torch.no_grad()
-    def search(self, queries: torch.Tensor, k: int, exclude_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(
+        self, queries: torch.Tensor, k: int, exclude_ids: torch.Tensor | None = None, same_token: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k memory entries per query token and head, never the querying sample's own.
 
         Args:
-            queries: (B, H, Tq, Dh), L2-normalised.
+            queries: (B, H, Tq, Dh), L2-normalised; query j is token position j.
             k: neighbours per query.
             exclude_ids: (B,) sample id of each query's image (its own entries are skipped), or None.
+            same_token: query j searches only the entries of token position j (one per stored image,
+                so the k neighbours are k different images); otherwise all entries.
 
         Returns:
             scores (B, H, Tq, k) with -inf where fewer than k entries exist, and entry indices
             (B, H, Tq, k) into the head's slot axis (0 where invalid).
         """
+        if same_token:
+            return self._search_same_token(queries, k, exclude_ids)
         b, h, tq, _ = queries.shape
         n = self.num_entries
         scores = queries.new_full((b, h, tq, k), float("-inf"), dtype=torch.float32)
@@ -222,6 +228,30 @@ class ExternalMemory(nn.Module):
             kk = s.shape[-1]
             scores[:, head, :, :kk] = s
             index[:, head, :, :kk] = i
+        return scores, index
+
+    @torch.no_grad()
+    def _search_same_token(self, queries: torch.Tensor, k: int, exclude_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`search` restricted to each query's own token position (see ``same_token``)."""
+        b, h, tq, _ = queries.shape
+        rows = self.num_written
+        scores = queries.new_full((b, h, tq, k), float("-inf"), dtype=torch.float32)
+        index = torch.zeros(b, h, tq, k, dtype=torch.long, device=queries.device)
+        if rows == 0:
+            return scores, index
+        own_rows = torch.full((b,), -1, dtype=torch.long, device=queries.device)
+        if exclude_ids is not None:
+            own_rows = torch.tensor([self.id_to_row.get(int(s), -1) for s in exclude_ids.tolist()], device=queries.device)
+        extra = 1 if bool((own_rows >= 0).any()) else 0
+        for head in range(h):
+            for pos in range(tq):
+                keys = self.keys[head, pos : rows * self.tokens : self.tokens]  # (rows, Dh): one per image
+                s, i = knn_search(queries[:, head, pos].float(), keys, k + extra, self.backend)
+                s = s.to(queries.device).masked_fill(i.to(queries.device) == own_rows[:, None], float("-inf"))
+                top = s.topk(min(k, s.shape[-1]), dim=-1)
+                kk = top.values.shape[-1]
+                scores[:, head, pos, :kk] = top.values
+                index[:, head, pos, :kk] = i.to(queries.device).gather(-1, top.indices) * self.tokens + pos
         return scores, index
 
     def labels_at(self, index: torch.Tensor) -> torch.Tensor:

@@ -56,12 +56,15 @@ class MemorySABlock(SABlock):
         memory_dtype: torch.dtype = torch.float32,
         label_aware: bool = False,
         num_classes: int = 0,
+        same_token: bool = False,
     ) -> None:
         super().__init__(hidden_size, num_heads, dropout_rate, qkv_bias=qkv_bias)
         for name, value, allowed in (("mode", mode, MEMORY_MODES), ("combiner", combiner, COMBINERS), ("queries", queries, MEMORY_QUERIES)):
             if value not in allowed:
                 raise ValueError(f"memory {name} must be one of {allowed}, got {value!r}")
         self.mode, self.k, self.combiner, self.queries = mode, k, combiner, queries
+        # retrieve from the same token position only (class token -> class tokens of other images)
+        self.same_token = same_token
         self.memory = ExternalMemory(num_heads, self.dim_head, tokens, momentum, dtype=memory_dtype, backend=memory_backend)
         self.gate_logit = nn.Parameter(torch.zeros(num_heads))
         self.log_tau = nn.Parameter(torch.full((num_heads,), math.log(math.sqrt(self.dim_head))))
@@ -133,7 +136,7 @@ class MemorySABlock(SABlock):
     @torch.jit.unused
     def _full_memory(self, qn: torch.Tensor, sample_ids: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Top-k retrieval: cosine (B, H, Tq, k), values (B, H, Tq, k, Dh), validity mask and entry index (B, H, Tq, k)."""
-        found, index = self.memory.search(qn.detach(), self.k, sample_ids)
+        found, index = self.memory.search(qn.detach(), self.k, sample_ids, same_token=self.same_token)
         mem_keys, mem_values = self.memory.gather(index)
         cos = torch.einsum("bhqd,bhqkd->bhqk", qn, mem_keys)  # recomputed so gradients reach the query
         if self.label_aware:

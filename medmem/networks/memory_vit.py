@@ -45,6 +45,9 @@ class MemoryViT(nn.Module):
         memory_dtype: ``float32`` or ``float16`` storage.
         memory_labels: label-aware memory reads (each retrieved value also carries a learned
             embedding of its training sample's class).
+        memory_match: ``any`` (a query may retrieve any token of any stored image) or ``same_token``
+            (query token j retrieves token j of other images: the class token then finds k different
+            images; with ``any`` its k neighbours were found to be the tokens of a single image).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class MemoryViT(nn.Module):
         memory_backend: str = "auto",
         memory_dtype: str = "float32",
         memory_labels: bool = False,
+        memory_match: str = "any",
     ) -> None:
         super().__init__()
         if memory_mode not in MEMORY_MODES:
@@ -88,6 +92,7 @@ class MemoryViT(nn.Module):
             "memory_mode": memory_mode, "memory_k": memory_k, "atma_momentum": atma_momentum,
             "combiner": combiner, "num_prototypes": num_prototypes, "memory_queries": memory_queries,
             "memory_backend": memory_backend, "memory_dtype": memory_dtype, "memory_labels": memory_labels,
+            "memory_match": memory_match,
         }  # fmt: skip
         self.tokens = int(np.prod([i // p for i, p in zip(img_size, patch_size)])) + 1
         self.patch_embedding = PatchEmbeddingBlock(
@@ -99,7 +104,7 @@ class MemoryViT(nn.Module):
         memory_kwargs = dict(
             mode=memory_mode, k=memory_k, momentum=atma_momentum, combiner=combiner, num_prototypes=num_prototypes,
             queries=memory_queries, memory_backend=memory_backend, memory_dtype=getattr(torch, memory_dtype),
-            label_aware=memory_labels, num_classes=num_classes,
+            label_aware=memory_labels, num_classes=num_classes, same_token=memory_match == "same_token",
         )  # fmt: skip
         self.blocks = nn.ModuleList(
             MemoryTransformerBlock(hidden_size, mlp_dim, num_heads, self.tokens, dropout_rate, qkv_bias, **memory_kwargs)
