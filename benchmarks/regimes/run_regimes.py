@@ -48,6 +48,8 @@ NETWORKS = {
     "movit_labels": {"memory_mode": "full", "memory_labels": True},  # label-aware memory reads
     "movit_cls": {"memory_mode": "full", "memory_match": "same_token"},  # class token reads other images' class tokens
     "movit_cls_labels": {"memory_mode": "full", "memory_match": "same_token", "memory_labels": True},
+    "movit_kk": {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key"},  # neighbours: images alike
+    "movit_kk_labels": {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_labels": True},
     "movit_m0": {"memory_mode": "full", "atma_momentum": 0.0},  # ATMA off: plain overwrite
     "movit_joint": {"memory_mode": "full", "combiner": "joint"},  # one softmax instead of the gate
     "movit_block4": {"memory_mode": "full", "memory_blocks": [-2], "memory_queries": "all"},  # lower block

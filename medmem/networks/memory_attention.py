@@ -57,6 +57,7 @@ class MemorySABlock(SABlock):
         label_aware: bool = False,
         num_classes: int = 0,
         same_token: bool = False,
+        retrieve_by_key: bool = False,
     ) -> None:
         super().__init__(hidden_size, num_heads, dropout_rate, qkv_bias=qkv_bias)
         for name, value, allowed in (("mode", mode, MEMORY_MODES), ("combiner", combiner, COMBINERS), ("queries", queries, MEMORY_QUERIES)):
@@ -65,6 +66,9 @@ class MemorySABlock(SABlock):
         self.mode, self.k, self.combiner, self.queries = mode, k, combiner, queries
         # retrieve from the same token position only (class token -> class tokens of other images)
         self.same_token = same_token
+        # find neighbours by key-to-key similarity (images alike), then attend to them by query-key
+        # scores; query-key retrieval lets a few "hub" keys attract every query
+        self.retrieve_by_key = retrieve_by_key
         self.memory = ExternalMemory(num_heads, self.dim_head, tokens, momentum, dtype=memory_dtype, backend=memory_backend)
         self.gate_logit = nn.Parameter(torch.zeros(num_heads))
         self.log_tau = nn.Parameter(torch.full((num_heads,), math.log(math.sqrt(self.dim_head))))
@@ -104,7 +108,8 @@ class MemorySABlock(SABlock):
         tau = self.log_tau.exp().view(1, -1, 1, 1)
         mem_index = torch.zeros(0, dtype=torch.long)
         if self.mode == "full":
-            mem_cos, mem_values, mem_valid, mem_index = self._full_memory(qn, sample_ids)  # (B,H,nq,k), (B,H,nq,k,Dh)
+            probe = F.normalize(k[:, :, :nq], dim=-1) if self.retrieve_by_key else qn
+            mem_cos, mem_values, mem_valid, mem_index = self._full_memory(qn, sample_ids, probe)  # (B,H,nq,k), (B,H,nq,k,Dh)
         else:
             mem_cos = torch.einsum("bhqd,hpd->bhqp", qn, F.normalize(self.proto_keys, dim=-1))
             mem_values = self.proto_values.unsqueeze(0).unsqueeze(2).expand(q.shape[0], -1, nq, -1, -1)
@@ -134,9 +139,10 @@ class MemorySABlock(SABlock):
         return self.drop_output(self.out_proj(out))
 
     @torch.jit.unused
-    def _full_memory(self, qn: torch.Tensor, sample_ids: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Top-k retrieval: cosine (B, H, Tq, k), values (B, H, Tq, k, Dh), validity mask and entry index (B, H, Tq, k)."""
-        found, index = self.memory.search(qn.detach(), self.k, sample_ids, same_token=self.same_token)
+    def _full_memory(self, qn: torch.Tensor, sample_ids: Optional[torch.Tensor], probe: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top-k retrieval by ``probe`` (normalised queries or keys, (B, H, Tq, Dh)): cosine of the
+        queries to the found keys (B, H, Tq, k), values (B, H, Tq, k, Dh), validity mask and entry index."""
+        found, index = self.memory.search(probe.detach(), self.k, sample_ids, same_token=self.same_token)
         mem_keys, mem_values = self.memory.gather(index)
         cos = torch.einsum("bhqd,bhqkd->bhqk", qn, mem_keys)  # recomputed so gradients reach the query
         if self.label_aware:

@@ -48,6 +48,8 @@ class MemoryViT(nn.Module):
         memory_match: ``any`` (a query may retrieve any token of any stored image) or ``same_token``
             (query token j retrieves token j of other images: the class token then finds k different
             images; with ``any`` its k neighbours were found to be the tokens of a single image).
+        memory_retrieval: find neighbours by ``query``-key similarity (attention-style) or by
+            ``key``-key similarity (images alike); attention over them uses query-key scores either way.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class MemoryViT(nn.Module):
         memory_dtype: str = "float32",
         memory_labels: bool = False,
         memory_match: str = "any",
+        memory_retrieval: str = "query",
     ) -> None:
         super().__init__()
         if memory_mode not in MEMORY_MODES:
@@ -92,7 +95,7 @@ class MemoryViT(nn.Module):
             "memory_mode": memory_mode, "memory_k": memory_k, "atma_momentum": atma_momentum,
             "combiner": combiner, "num_prototypes": num_prototypes, "memory_queries": memory_queries,
             "memory_backend": memory_backend, "memory_dtype": memory_dtype, "memory_labels": memory_labels,
-            "memory_match": memory_match,
+            "memory_match": memory_match, "memory_retrieval": memory_retrieval,
         }  # fmt: skip
         self.tokens = int(np.prod([i // p for i, p in zip(img_size, patch_size)])) + 1
         self.patch_embedding = PatchEmbeddingBlock(
@@ -105,6 +108,7 @@ class MemoryViT(nn.Module):
             mode=memory_mode, k=memory_k, momentum=atma_momentum, combiner=combiner, num_prototypes=num_prototypes,
             queries=memory_queries, memory_backend=memory_backend, memory_dtype=getattr(torch, memory_dtype),
             label_aware=memory_labels, num_classes=num_classes, same_token=memory_match == "same_token",
+            retrieve_by_key=memory_retrieval == "key",
         )  # fmt: skip
         self.blocks = nn.ModuleList(
             MemoryTransformerBlock(hidden_size, mlp_dim, num_heads, self.tokens, dropout_rate, qkv_bias, **memory_kwargs)
