@@ -261,3 +261,15 @@ def test_same_token_search_finds_distinct_images(backend):
                 if b == 0:
                     sims[mem.id_to_row[100]] = float("-inf")
                 torch.testing.assert_close(scores[b, h, j], sims.topk(6).values, rtol=1e-5, atol=1e-5)
+
+
+def test_key_retrieval_finds_the_image_itself_unless_excluded():
+    model = tiny_vit(memory_match="same_token", memory_retrieval="key").eval()
+    x, ids = torch.randn(8, 1, 16, 16), torch.arange(8) + 50
+    model.write_memory(x, ids)
+    layer = model.memory_layers()[0]
+    layer.record_evidence = True
+    model(x)  # no exclusion at inference: each image's nearest stored image is itself
+    assert torch.equal(layer.evidence["sample_ids"][:, 0, 0, 0], ids)
+    model(x, ids)  # excluded (as in training): never itself
+    assert not (layer.evidence["sample_ids"][..., 0] == ids.view(-1, 1, 1)).any()

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = ["vit", "movit", "movit_proto", "vit_knn", "resnet18", "logreg"]
+MODELS = ["vit", "movit", "movit_proto", "vit_knn", "resnet18", "logreg"]  # order of the main table
 
 
 def mean_std(values: list[float]) -> str:
@@ -28,7 +28,9 @@ def mean_std(values: list[float]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--csv", default=str(REPO / "benchmarks/results/regimes.csv"))
+    p.add_argument("--title", default="Data-regime study: results so far")
     args = p.parse_args()
+    name = Path(args.csv).stem
     rows = list(csv.DictReader(open(args.csv)))
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -39,7 +41,7 @@ def main() -> None:
     from medmem.atomic import atomic_path, write_text_atomic
 
     lines = [
-        "# Data-regime study: results so far",
+        f"# {args.title}",
         "",
         "Made by `python benchmarks/regimes/run_regimes.py` (see its `--help`; each row of",
         "`regimes.csv` is one (dataset, model, regime, seed) cell) and summarised by",
@@ -49,7 +51,8 @@ def main() -> None:
     ]
     for dataset in sorted({k[0] for k in cells}):
         lines += [f"## {dataset}", "", "| model | regime % | train images | n | ACC | macro AUC | macro F1 | steps | wall s (mean) |", "|---|---|---|---|---|---|---|---|---|"]
-        for model in MODELS:
+        models = MODELS + sorted({k[1] for k in cells if k[0] == dataset} - set(MODELS))
+        for model in models:
             for regime in sorted({k[2] for k in cells if k[0] == dataset}):
                 group = cells.get((dataset, model, regime))
                 if not group:
@@ -60,14 +63,14 @@ def main() -> None:
                     f"| {model} | {regime} | {group[0]['train_images']} | {len(group)} | {mean_std(acc)} | {mean_std(auc)} | {mean_std(f1)} | "
                     f"{epochs if epochs != '0' else '-'} | {statistics.mean(float(r['wall_s']) for r in group):.0f} |"
                 )
-        lines += ["", f"![{dataset}](regimes_{dataset}.png)", ""]
-        plot(dataset, cells, REPO / "benchmarks/results" / f"regimes_{dataset}.png", atomic_path)
+        lines += ["", f"![{dataset}]({name}_{dataset}.png)", ""]
+        plot(dataset, cells, Path(args.csv).parent / f"{name}_{dataset}.png", atomic_path, models)
     lines = [ln.replace("| steps |", "| epochs |") for ln in lines]
-    write_text_atomic("\n".join(lines) + "\n", REPO / "benchmarks/results/regimes.md")
+    write_text_atomic("\n".join(lines) + "\n", Path(args.csv).with_suffix(".md"))
     print("\n".join(lines))
 
 
-def plot(dataset: str, cells: dict, path: Path, atomic_path) -> None:
+def plot(dataset: str, cells: dict, path: Path, atomic_path, models: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,7 +78,7 @@ def plot(dataset: str, cells: dict, path: Path, atomic_path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for metric, ax in zip(("acc", "auc"), axes):
-        for model in MODELS:
+        for model in models:
             regimes = sorted(k[2] for k in cells if k[0] == dataset and k[1] == model)
             if not regimes:
                 continue
