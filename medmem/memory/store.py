@@ -193,8 +193,6 @@ class ExternalMemory(nn.Module):
             scores (B, H, Tq, k) with -inf where fewer than k entries exist, and entry indices
             (B, H, Tq, k) into the head's slot axis (0 where invalid).
         """
-        if same_token:
-            return self._search_same_token(queries, k, exclude_ids)
         b, h, tq, _ = queries.shape
         n = self.num_entries
         scores = queries.new_full((b, h, tq, k), float("-inf"), dtype=torch.float32)
@@ -204,6 +202,9 @@ class ExternalMemory(nn.Module):
         own_rows = torch.full((b,), -1, dtype=torch.long, device=queries.device)
         if exclude_ids is not None:
             own_rows = torch.tensor([self.id_to_row.get(int(s), -1) for s in exclude_ids.tolist()], device=queries.device)
+        if same_token:
+            self._search_same_token(queries, k, own_rows, scores, index)
+            return scores, index
         excluding = bool((own_rows >= 0).any())
         exact_torch = not use_faiss(b * tq, n, self.backend, queries.device.type)
         for head in range(h):
@@ -230,29 +231,21 @@ class ExternalMemory(nn.Module):
             index[:, head, :, :kk] = i
         return scores, index
 
-    @torch.no_grad()
-    def _search_same_token(self, queries: torch.Tensor, k: int, exclude_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`search` restricted to each query's own token position (see ``same_token``)."""
+    def _search_same_token(self, queries: torch.Tensor, k: int, own_rows: torch.Tensor, scores: torch.Tensor, index: torch.Tensor) -> None:
+        """:meth:`search` restricted to each query's own token position (see ``same_token``); fills
+        ``scores`` and ``index`` in place. ``own_rows`` (B,): each query image's row, -1 if none."""
         b, h, tq, _ = queries.shape
         rows = self.num_written
-        scores = queries.new_full((b, h, tq, k), float("-inf"), dtype=torch.float32)
-        index = torch.zeros(b, h, tq, k, dtype=torch.long, device=queries.device)
-        if rows == 0:
-            return scores, index
-        own_rows = torch.full((b,), -1, dtype=torch.long, device=queries.device)
-        if exclude_ids is not None:
-            own_rows = torch.tensor([self.id_to_row.get(int(s), -1) for s in exclude_ids.tolist()], device=queries.device)
         extra = 1 if bool((own_rows >= 0).any()) else 0
         for head in range(h):
             for pos in range(tq):
                 keys = self.keys[head, pos : rows * self.tokens : self.tokens]  # (rows, Dh): one per image
                 s, i = knn_search(queries[:, head, pos].float(), keys, k + extra, self.backend)
-                s = s.to(queries.device).masked_fill(i.to(queries.device) == own_rows[:, None], float("-inf"))
-                top = s.topk(min(k, s.shape[-1]), dim=-1)
+                s, i = s.to(queries.device), i.to(queries.device)
+                top = s.masked_fill(i == own_rows[:, None], float("-inf")).topk(min(k, s.shape[-1]), dim=-1)
                 kk = top.values.shape[-1]
                 scores[:, head, pos, :kk] = top.values
-                index[:, head, pos, :kk] = i.to(queries.device).gather(-1, top.indices) * self.tokens + pos
-        return scores, index
+                index[:, head, pos, :kk] = i.gather(-1, top.indices) * self.tokens + pos
 
     def labels_at(self, index: torch.Tensor) -> torch.Tensor:
         """Class of the sample owning each entry index (-1 where unknown); same shape as ``index``."""
