@@ -36,7 +36,6 @@ class MemorySABlock(SABlock):
 
     pending_keys: Optional[torch.Tensor]
     pending_values: Optional[torch.Tensor]
-    last_gate: Optional[torch.Tensor]
     record_evidence: bool
 
     def __init__(
@@ -84,7 +83,6 @@ class MemorySABlock(SABlock):
         self.register_buffer("proto_members", torch.full((num_heads, num_prototypes, 8), -1, dtype=torch.long))
         self.pending_keys: Optional[torch.Tensor] = None
         self.pending_values: Optional[torch.Tensor] = None
-        self.last_gate: Optional[torch.Tensor] = None
         # set by prediction tools: keep what the class token read (see record_read); off in training
         self.record_evidence = False
         self.evidence: dict = {}
@@ -130,8 +128,6 @@ class MemorySABlock(SABlock):
             mem_weights = mem_w
             mem_part, local_part = torch.einsum("bhqk,bhqkd->bhqd", mem_w, mem_values), local_w @ v
             mixed = local_part + mem_part
-            gate = mem_w.sum(dim=-1, keepdim=True)
-        self.last_gate = gate.detach()
         if self.record_evidence:
             self.record_read(local_scores, mem_weights, mem_index, mem_part, local_part, mem_cos.masked_fill(~mem_valid, -1.0))
         out = torch.cat([mixed, local_out[:, :, nq:]], dim=2) if nq < q.shape[2] else mixed
