@@ -99,7 +99,8 @@ class MemorySABlock(SABlock):
         if self.training and self.mode == "full":
             self.pending_keys, self.pending_values = k.detach(), v.detach()
         local_scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.scale  # (B, H, T, T)
-        local_out = torch.softmax(local_scores, dim=-1) @ v  # (B, H, T, Dh)
+        # attention-weight dropout as in MONAI's SABlock (the plain ViT's block), on both reads
+        local_out = self.drop_weights(torch.softmax(local_scores, dim=-1)) @ v  # (B, H, T, Dh)
 
         nq = 1 if self.queries == "cls" else q.shape[2]
         qn = F.normalize(q[:, :, :nq], dim=-1)
@@ -116,7 +117,7 @@ class MemorySABlock(SABlock):
 
         if self.combiner == "gate":
             mem_weights = torch.softmax(mem_scores, dim=-1) * mem_valid
-            mem_out = torch.einsum("bhqk,bhqkd->bhqd", mem_weights, mem_values)
+            mem_out = torch.einsum("bhqk,bhqkd->bhqd", self.drop_weights(mem_weights), mem_values)
             has_memory = mem_valid.any(dim=-1, keepdim=True)  # empty memory: keep the local output
             gate = torch.sigmoid(self.gate_logit).view(1, -1, 1, 1) * has_memory
             mem_part, local_part = gate * mem_out, (1.0 - gate) * local_out[:, :, :nq]
@@ -126,7 +127,8 @@ class MemorySABlock(SABlock):
             t = k.shape[2]
             local_w, mem_w = joint[..., :t], joint[..., t:] * mem_valid
             mem_weights = mem_w
-            mem_part, local_part = torch.einsum("bhqk,bhqkd->bhqd", mem_w, mem_values), local_w @ v
+            mem_part = torch.einsum("bhqk,bhqkd->bhqd", self.drop_weights(mem_w), mem_values)
+            local_part = self.drop_weights(local_w) @ v
             mixed = local_part + mem_part
         if self.record_evidence:
             self.record_read(local_scores, mem_weights, mem_index, mem_part, local_part, mem_cos.masked_fill(~mem_valid, -1.0))
