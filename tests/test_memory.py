@@ -273,3 +273,20 @@ def test_key_retrieval_finds_the_image_itself_unless_excluded():
     assert torch.equal(layer.evidence["sample_ids"][:, 0, 0, 0], ids)
     model(x, ids)  # excluded (as in training): never itself
     assert not (layer.evidence["sample_ids"][..., 0] == ids.view(-1, 1, 1)).any()
+
+
+def test_empty_prototype_slots_are_never_read():
+    """A memory smaller than the prototype budget leaves zero prototypes; their values must not leak in."""
+    model = tiny_vit(num_prototypes=4, memory_match="same_token").eval()
+    model.write_memory(torch.randn(2, 1, 16, 16), torch.arange(2))
+    from medmem.memory.prototypes import kmeans_prototypes
+
+    layer = model.memory_layers()[0]
+    keys, values, members = kmeans_prototypes(layer.memory, 4, token=0)
+    assert (keys[:, 2:] == 0).all() and (members[:, :2, 0] >= 0).all()  # 2 images -> 2 clusters
+    layer.proto_keys, layer.proto_values = keys, values
+    model.set_memory_mode("prototypes")
+    x = torch.randn(3, 1, 16, 16)
+    before = model(x)
+    layer.proto_values[:, 2:] = 1e3
+    torch.testing.assert_close(model(x), before)

@@ -36,41 +36,50 @@ class SummaryReport:
 
 @torch.no_grad()
 def kmeans_prototypes(
-    memory: ExternalMemory, num_prototypes: int, seed: int = 0, members: int = 8, value_offsets: torch.Tensor | None = None
+    memory: ExternalMemory,
+    num_prototypes: int,
+    seed: int = 0,
+    members: int = 8,
+    value_offsets: torch.Tensor | None = None,
+    token: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """k-means initial prototypes of one memory.
 
     ``value_offsets`` (H, N, Dh), if given, is added to the entries' values before averaging (e.g. the
-    label embeddings of a label-aware layer).
+    label embeddings of a label-aware layer). ``token``: cluster only that token position's entries
+    (one per stored image; a layer whose class token reads only class tokens is summarised by them).
 
     Returns:
         keys (H, P, Dh) L2-normalised, values (H, P, Dh), and member sample ids (H, P, members), -1 padded.
     """
     import faiss
 
-    n = memory.num_entries
-    if n == 0:
+    if memory.num_entries == 0:
         raise ValueError("cannot summarise an empty memory: train (or write) it first")
     h, dh, tokens = memory.num_heads, memory.head_dim, memory.tokens
+    entries = torch.arange(memory.num_entries)
+    if token is not None:
+        entries = entries[token::tokens]
+    n = len(entries)
     p = min(num_prototypes, n)
     keys = torch.zeros(h, num_prototypes, dh)
     values = torch.zeros(h, num_prototypes, dh)
     member_ids = torch.full((h, num_prototypes, members), -1, dtype=torch.long)
     row_ids = memory.row_ids[: memory.num_written]
     for head in range(h):
-        x = memory.keys[head, :n].float().contiguous().numpy()
+        x = memory.keys[head, entries].float().contiguous().numpy()
         km = faiss.Kmeans(dh, p, niter=20, seed=seed + head, spherical=True, verbose=False, min_points_per_centroid=1)
         km.train(x)
         _, assign = km.index.search(x, 1)
         assign_t = torch.from_numpy(assign[:, 0]).long()
         counts = torch.bincount(assign_t, minlength=p).clamp(min=1).float()
-        entry_values = memory.values[head, :n].float()
+        entry_values = memory.values[head, entries].float()
         if value_offsets is not None:
-            entry_values = entry_values + value_offsets[head]
+            entry_values = entry_values + value_offsets[head, entries]
         vals = torch.zeros(p, dh).index_add_(0, assign_t, entry_values) / counts[:, None]
         keys[head, :p] = F.normalize(torch.from_numpy(km.centroids).float(), dim=-1)
         values[head, :p] = vals
-        owners = row_ids[torch.arange(n) // tokens]
+        owners = row_ids[entries // tokens]
         for proto in range(p):
             ids, freq = torch.unique(owners[assign_t == proto], return_counts=True)
             top = ids[freq.argsort(descending=True)[:members]]
@@ -108,7 +117,7 @@ def summarize_memory(
         if layer.label_aware:
             entries = torch.arange(layer.memory.num_entries).view(1, 1, 1, -1)
             offsets = layer.label_values(layer.memory.labels_at(entries).expand(1, layer.num_heads, 1, -1))[0, :, 0].detach()
-        keys, values, members = kmeans_prototypes(layer.memory, p_count, seed, value_offsets=offsets)
+        keys, values, members = kmeans_prototypes(layer.memory, p_count, seed, value_offsets=offsets, token=0 if layer.same_token else None)
         layer.proto_keys = keys.to(device)
         layer.proto_values = values.to(device)
         layer.proto_members = members.to(device)

@@ -36,6 +36,8 @@ class MemorySABlock(SABlock):
 
     pending_keys: Optional[torch.Tensor]
     pending_values: Optional[torch.Tensor]
+    train_cls_keys: Optional[torch.Tensor]
+    train_sample_ids: Optional[torch.Tensor]
     record_evidence: bool
 
     def __init__(
@@ -83,6 +85,10 @@ class MemorySABlock(SABlock):
         self.register_buffer("proto_members", torch.full((num_heads, num_prototypes, 8), -1, dtype=torch.long))
         self.pending_keys: Optional[torch.Tensor] = None
         self.pending_values: Optional[torch.Tensor] = None
+        # the class token's keys (B, H, Dh) of the last training forward, with gradient, and their
+        # sample ids: read by the memory contrastive loss (medmem.memory.contrastive)
+        self.train_cls_keys: Optional[torch.Tensor] = None
+        self.train_sample_ids: Optional[torch.Tensor] = None
         # set by prediction tools: keep what the class token read (see record_read); off in training
         self.record_evidence = False
         self.evidence: dict = {}
@@ -98,6 +104,7 @@ class MemorySABlock(SABlock):
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, Dh)
         if self.training and self.mode == "full":
             self.pending_keys, self.pending_values = k.detach(), v.detach()
+            self.train_cls_keys, self.train_sample_ids = k[:, :, 0], sample_ids
         local_scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.scale  # (B, H, T, T)
         # attention-weight dropout as in MONAI's SABlock (the plain ViT's block), on both reads
         local_out = self.drop_weights(torch.softmax(local_scores, dim=-1)) @ v  # (B, H, T, Dh)
@@ -112,7 +119,8 @@ class MemorySABlock(SABlock):
         else:
             mem_cos = torch.einsum("bhqd,hpd->bhqp", qn, F.normalize(self.proto_keys, dim=-1))
             mem_values = self.proto_values.unsqueeze(0).unsqueeze(2).expand(q.shape[0], -1, nq, -1, -1)
-            mem_valid = torch.ones_like(mem_cos, dtype=torch.bool)
+            # a memory smaller than the prototype budget leaves all-zero prototypes: never read them
+            mem_valid = (self.proto_keys.abs().sum(dim=-1) > 0).view(1, self.num_heads, 1, -1).expand_as(mem_cos)
         mem_scores = (mem_cos * tau).masked_fill(~mem_valid, -1e4)
 
         if self.combiner == "gate":
