@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -59,11 +60,13 @@ def summarize_checkpoint(
     num_classes = network.config["num_classes"]
     probs, labels, full_seconds = predict_probs(network, val_batches, device)
     full = classification_metrics(probs, labels, num_classes)
+    memory_ids = network.memory_layers()[0].memory.sample_ids().tolist()
     summary = summarize_memory(network, train_batches, num_prototypes, epochs=epochs, lr=lr, seed=seed, device=device)
     drop_full_memory(network)
     probs, labels, proto_seconds = predict_probs(network, val_batches, device)
     proto = classification_metrics(probs, labels, num_classes)
     training_cases = case_table(network, training_datalist or [], class_names or [])
+    write_json_atomic({"cases": memory_case_table(memory_ids, training_datalist or [], class_names or [])}, Path(output_path).parent / "memory_cases.json")
     torch_save_atomic(network.state_dict(), output_path)
     threshold = familiarity_threshold(network, val_batches, device)
     write_model_card(network, str(output_path).rsplit(".", 1)[0] + ".json", class_names or [], training_cases, threshold)
@@ -91,6 +94,18 @@ def case_table(network: torch.nn.Module, datalist: list[dict], class_names: list
         if int(item["sample_id"]) in wanted:
             label = int(item["label"])
             table[str(item["sample_id"])] = [item.get("case_id", ""), class_names[label] if label < len(class_names) else str(label)]
+    return table
+
+
+def memory_case_table(sample_ids: list[int], datalist: list[dict], class_names: list[str]) -> dict[str, dict]:
+    """``{sample_id: {case_id, label, source}}`` for every sample in the full memory (for memory edits)."""
+    by_id = {int(item["sample_id"]): item for item in datalist}
+    table = {}
+    for sid in sample_ids:
+        item = by_id.get(int(sid), {})
+        label = int(item.get("label", -1))
+        name = class_names[label] if 0 <= label < len(class_names) else "unknown"
+        table[str(sid)] = {"case_id": item.get("case_id", f"sample-{sid}"), "label": name, "source": "training"}
     return table
 
 

@@ -1,0 +1,241 @@
+"""Edit a trained model's memory at the site: add labelled cases, correct a label, forget a case.
+
+A *model directory* (the bundle's ``models/``) holds:
+
+- ``model_full.pt``: the network with its full memory (the source of truth for edits);
+- ``model.pt`` + ``model.json``: the deployable prototype checkpoint and its model card;
+- ``memory_cases.json``: which case each memory row holds (``sample_id -> case id, class, source``);
+- ``memory_audit.jsonl``: append-only log of every edit (who, when, what; case ids only as hashes).
+
+No gradient step is taken: ``add`` runs the images through the network and writes their keys/values
+(ATMA rule) with their labels; ``relabel`` changes the stored label; ``forget`` removes the rows. After
+each edit the prototypes of the deployable checkpoint are refreshed from the edited full memory, so a
+forgotten case cannot survive in them.
+"""
+
+from __future__ import annotations
+
+import copy
+import getpass
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from medmem.atomic import torch_save_atomic, write_json_atomic
+from medmem.memory.prototypes import drop_full_memory, kmeans_prototypes
+
+REFRESH_METHODS = ("kmeans", "assign")
+
+
+class MemoryEditError(ValueError):
+    """An edit that cannot be done (unknown case, unknown class, no memory), with the reason."""
+
+
+def case_hash(case_id: str) -> str:
+    """What the audit log keeps of a case id: enough to verify a given id, nothing to read it back."""
+    return hashlib.sha256(case_id.encode()).hexdigest()[:16]
+
+
+class ModelDirectory:
+    """Load, edit and save the memory of one model directory (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike, user: str | None = None) -> None:
+        from medmem.networks import MemoryViT
+
+        self.path = Path(path)
+        self.full_path, self.deploy_path = self.path / "model_full.pt", self.path / "model.pt"
+        self.card_path, self.cases_path = self.path / "model.json", self.path / "memory_cases.json"
+        self.audit_path = self.path / "memory_audit.jsonl"
+        for needed in (self.full_path, self.card_path):
+            if not needed.exists():
+                raise FileNotFoundError(f"{needed}: not found (a model directory needs the full-memory checkpoint and the model card; run the bundle's summarize step)")
+        self.card = json.loads(self.card_path.read_text())
+        self.class_names: list[str] = list(self.card["class_names"])
+        self.network = MemoryViT(**{**self.card["network"], "memory_mode": "full"})
+        self.network.load_state_dict(torch.load(self.full_path, map_location="cpu", weights_only=True))
+        self.network.eval()
+        if not self.network.memory_layers():
+            raise MemoryEditError(f"{self.full_path}: this network has no memorising layer")
+        self.cases: dict[str, dict] = json.loads(self.cases_path.read_text())["cases"] if self.cases_path.exists() else {}
+        for sid, label in zip(self.memory.row_ids[: self.memory.num_written].tolist(), self.memory.row_labels[: self.memory.num_written].tolist()):
+            self.cases.setdefault(str(sid), {"case_id": f"sample-{sid}", "label": self._name(label), "source": "training"})
+        self.user = user or os.environ.get("MEDMEM_USER") or getpass.getuser()
+
+    # ----------------------------------------------------------------------------------------- views
+    @property
+    def memory(self):
+        return self.network.memory_layers()[0].memory
+
+    def _name(self, label: int) -> str:
+        return self.class_names[label] if 0 <= label < len(self.class_names) else "unknown"
+
+    def checksum(self) -> str:
+        """One checksum over every memorising layer's content (changes with any edit)."""
+        digest = hashlib.sha256()
+        for layer in self.network.memory_layers():
+            digest.update(layer.memory.checksum().encode())
+        return digest.hexdigest()
+
+    def listing(self) -> dict:
+        """``{"per_class": {class: count}, "cases": [{sample_id, case_id, class, source}], "checksum"}``."""
+        rows = []
+        for sid in self.memory.row_ids[: self.memory.num_written].tolist():
+            info = self.cases.get(str(sid), {})
+            rows.append({"sample_id": sid, "case_id": info.get("case_id", ""), "class": info.get("label", ""), "source": info.get("source", "")})
+        per_class: dict[str, int] = {}
+        for row in rows:
+            per_class[row["class"]] = per_class.get(row["class"], 0) + 1
+        return {"samples": len(rows), "per_class": per_class, "cases": rows, "checksum": self.checksum()}
+
+    def _ids_of(self, case_ids: Iterable[str]) -> dict[str, int]:
+        """case id (or ``sample-<id>`` / bare sample id) -> sample id; unknown ids raise with the list."""
+        by_case = {info["case_id"]: int(sid) for sid, info in self.cases.items()}
+        found, missing = {}, []
+        for cid in case_ids:
+            if cid in by_case:
+                found[cid] = by_case[cid]
+            elif cid.isdigit() and int(cid) in self.memory.id_to_row:
+                found[cid] = int(cid)
+            else:
+                missing.append(cid)
+        if missing:
+            raise MemoryEditError(f"not in this memory: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        return found
+
+    # ----------------------------------------------------------------------------------------- edits
+    @torch.no_grad()
+    def add(self, items: list[dict], source: str, batch_size: int = 64) -> dict:
+        """Write labelled cases (``{"image": tensor (C, *spatial) ready for the network, "label": int,
+        "case_id": str}``) into the memory with no gradient step. Cases already held (same case id)
+        are skipped. Returns ``{"added", "skipped", "seconds"}``."""
+        start = time.perf_counter()
+        held = {info["case_id"] for info in self.cases.values()}
+        todo = [it for it in items if it["case_id"] not in held]
+        for it in todo:
+            if not 0 <= int(it["label"]) < len(self.class_names):
+                raise MemoryEditError(f"{it['case_id']}: label {it['label']} is not a class of this model ({len(self.class_names)} classes)")
+        next_id = max([int(s) for s in self.cases] + [-1]) + 1
+        before = self.checksum()
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i : i + batch_size]
+            ids = torch.arange(next_id + i, next_id + i + len(chunk))
+            x = torch.stack([torch.as_tensor(it["image"]).float() for it in chunk])
+            self.network.write_memory(x, ids, torch.tensor([int(it["label"]) for it in chunk]))
+            for sid, it in zip(ids.tolist(), chunk):
+                self.cases[str(sid)] = {"case_id": it["case_id"], "label": self._name(int(it["label"])), "source": source}
+        self._audit("add", [it["case_id"] for it in todo], before, extra={"source": source, "skipped_already_held": len(items) - len(todo)})
+        return {"added": len(todo), "skipped": len(items) - len(todo), "seconds": time.perf_counter() - start}
+
+    def relabel(self, case_ids: list[str], new_class: str) -> int:
+        """Give these cases the class ``new_class`` (a class name or index). Returns cases changed."""
+        label = self.class_names.index(new_class) if new_class in self.class_names else int(new_class) if new_class.isdigit() else -1
+        if not 0 <= label < len(self.class_names):
+            raise MemoryEditError(f"unknown class {new_class!r}; this model's classes: {', '.join(self.class_names)}")
+        ids = self._ids_of(case_ids)
+        before = self.checksum()
+        for layer in self.network.memory_layers():
+            for sid in ids.values():
+                layer.memory.row_labels[layer.memory.id_to_row[sid]] = label
+        for sid in ids.values():
+            self.cases[str(sid)]["label"] = self._name(label)
+        self._audit("relabel", list(ids), before, extra={"new_class": self._name(label)})
+        return len(ids)
+
+    def forget(self, case_ids: list[str]) -> int:
+        """Remove these cases from every memorising layer and from the case table. Returns cases removed."""
+        ids = self._ids_of(case_ids)
+        before = self.checksum()
+        for layer in self.network.memory_layers():
+            layer.memory.remove(list(ids.values()))
+        for sid in ids.values():
+            self.cases.pop(str(sid), None)
+        self._audit("forget", list(ids), before)
+        return len(ids)
+
+    # ------------------------------------------------------------------------------------ prototypes
+    @torch.no_grad()
+    def refresh_prototypes(self, method: str = "kmeans", seed: int = 0) -> None:
+        """Recompute the deployable prototypes from the (edited) full memory.
+
+        ``kmeans``: re-cluster (as the summarise step's initialisation; learned refinements are lost);
+        ``assign``: keep the prototype keys, re-assign every entry to its nearest prototype and take the
+        mean value per prototype (fast; keys do not move, so new kinds of cases get no prototype of their own).
+        """
+        if method not in REFRESH_METHODS:
+            raise ValueError(f"refresh method must be one of {REFRESH_METHODS}, got {method!r}")
+        for layer in self.network.memory_layers():
+            offsets = _label_offsets(layer)
+            token = 0 if layer.same_token else None
+            if method == "kmeans":
+                keys, values, members = kmeans_prototypes(layer.memory, layer.proto_keys.shape[1], seed, value_offsets=offsets, token=token)
+                layer.proto_keys, layer.proto_values, layer.proto_members = keys, values, members
+            else:
+                layer.proto_keys, layer.proto_values, layer.proto_members = _assign_prototypes(layer, offsets, token)
+
+    def save(self, refresh: str = "kmeans") -> None:
+        """Write the full checkpoint, the deployable checkpoint (refreshed prototypes, no full memory),
+        the case table and the model card, each atomically."""
+        from medmem.engine.summarize import write_model_card
+
+        self.refresh_prototypes(refresh)
+        torch_save_atomic(self.network.state_dict(), self.full_path)
+        deployable = copy.deepcopy(self.network)
+        drop_full_memory(deployable)
+        deployable.set_memory_mode("prototypes")
+        torch_save_atomic(deployable.state_dict(), self.deploy_path)
+        write_json_atomic({"cases": self.cases}, self.cases_path)
+        members = {int(i) for layer in self.network.memory_layers() for i in layer.proto_members.flatten().tolist() if i >= 0}
+        training_cases = {str(s): [self.cases[str(s)]["case_id"], self.cases[str(s)]["label"]] for s in sorted(members) if str(s) in self.cases}
+        write_model_card(deployable, str(self.card_path), self.class_names, training_cases, self.card.get("ood_threshold"))
+
+    def _audit(self, action: str, case_ids: list[str], checksum_before: str, extra: dict | None = None) -> None:
+        """Append one line (flushed and synced) to the audit log; case ids only as hashes."""
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "user": self.user, "action": action, "cases": len(case_ids),
+            "case_hashes": [case_hash(c) for c in case_ids], "checksum_before": checksum_before, "checksum_after": self.checksum(),
+            "memory_samples": self.memory.num_written, **(extra or {}),
+        }  # fmt: skip
+        with open(self.audit_path, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _label_offsets(layer) -> torch.Tensor | None:
+    """Label embeddings (H, N, Dh) of every entry of a label-aware layer, else None."""
+    if not layer.label_aware:
+        return None
+    entries = torch.arange(layer.memory.num_entries).view(1, 1, 1, -1)
+    return layer.label_values(layer.memory.labels_at(entries).expand(1, layer.num_heads, 1, -1))[0, :, 0].detach()
+
+
+def _assign_prototypes(layer, offsets: torch.Tensor | None, token: int | None, members: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keys, values and members of the prototypes after re-assigning every entry to its nearest fixed
+    prototype key: value = mean (label-aware) value of its entries; a prototype left without entries is
+    emptied (zero key: never read), so nothing of a forgotten case survives in it."""
+    memory = layer.memory
+    entries = torch.arange(memory.num_entries)
+    if token is not None:
+        entries = entries[token :: memory.tokens]
+    keys, values = layer.proto_keys.clone(), layer.proto_values.clone()
+    member_ids = torch.full_like(layer.proto_members, -1)
+    owners = memory.row_ids[entries // memory.tokens]
+    for head in range(memory.num_heads):
+        assign = (memory.keys[head, entries].float() @ F.normalize(layer.proto_keys[head], dim=-1).T).argmax(dim=1)
+        v = memory.values[head, entries].float() + (offsets[head, entries] if offsets is not None else 0.0)
+        counts = torch.bincount(assign, minlength=values.shape[1])
+        sums = torch.zeros_like(values[head]).index_add_(0, assign, v)
+        filled = counts > 0
+        values[head, filled] = sums[filled] / counts[filled, None]
+        keys[head, ~filled], values[head, ~filled] = 0.0, 0.0
+        for proto in filled.nonzero().flatten().tolist():
+            ids, freq = torch.unique(owners[assign == proto], return_counts=True)
+            top = ids[freq.argsort(descending=True)[:members]]
+            member_ids[head, proto, : len(top)] = top
+    return keys, values, member_ids

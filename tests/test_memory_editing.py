@@ -1,0 +1,115 @@
+"""Memory edits at the site: add without a gradient step, relabel, forget (provably gone), audit log."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from medmem.engine.batch_predict import load_deployable
+from medmem.engine.summarize import write_model_card
+from medmem.memory.editing import MemoryEditError, ModelDirectory, case_hash
+from medmem.networks import MemoryViT
+
+CLASSES = ["a", "b", "c"]
+
+
+def make_model_dir(tmp_path, n: int = 12, **kw):
+    torch.manual_seed(0)
+    net = MemoryViT(1, 16, 4, 3, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=4, num_prototypes=4, **kw)
+    x, y = torch.randn(n, 1, 16, 16), torch.arange(n) % 3
+    net.write_memory(x, torch.arange(n), y)
+    torch.save(net.state_dict(), tmp_path / "model_full.pt")
+    write_model_card(net, str(tmp_path / "model.json"), CLASSES, {}, None)
+    return ModelDirectory(tmp_path, user="tester")
+
+
+def new_items(n: int, label: int = 1, prefix: str = "site/case"):
+    g = torch.Generator().manual_seed(7)
+    return [{"image": torch.randn(1, 16, 16, generator=g), "label": label, "case_id": f"{prefix}{i}.png"} for i in range(n)]
+
+
+def audit(tmp_path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "memory_audit.jsonl").read_text().splitlines()]
+
+
+def test_add_writes_cases_without_touching_weights(tmp_path):
+    md = make_model_dir(tmp_path)
+    weights = {k: v.clone() for k, v in md.network.named_parameters()}
+    before = md.checksum()
+    report = md.add(new_items(5), source="site-batch-1")
+    assert report["added"] == 5 and report["skipped"] == 0
+    assert md.memory.num_written == 17
+    assert md.listing()["per_class"]["b"] == 4 + 5
+    assert md.checksum() != before
+    assert all(torch.equal(v, weights[k]) for k, v in md.network.named_parameters())
+    assert md.add(new_items(5), source="again")["skipped"] == 5  # same case ids: not written twice
+    added = [c for c in md.listing()["cases"] if c["source"] == "site-batch-1"]
+    assert {c["case_id"] for c in added} == {f"site/case{i}.png" for i in range(5)}
+
+
+def test_forget_removes_the_case_everywhere_and_is_audited(tmp_path):
+    md = make_model_dir(tmp_path)
+    md.add(new_items(3, label=2), source="site")
+    md.save()
+    before_net, before_card = load_deployable(str(tmp_path / "model.pt"))
+    members_before = {int(i) for layer in before_net.memory_layers() for i in layer.proto_members.flatten().tolist()}
+    target = next(c for c in reversed(md.listing()["cases"]) if c["sample_id"] in members_before)  # a case the prototypes carry
+    sid = target["sample_id"]
+    assert str(sid) in before_card["training_cases"]
+    checksum_before = md.checksum()
+    assert md.forget([target["case_id"]]) == 1
+    md.save()
+    reloaded = ModelDirectory(tmp_path)
+    assert sid not in reloaded.memory.row_ids.tolist()
+    assert target["case_id"] not in {c["case_id"] for c in reloaded.listing()["cases"]}
+    assert reloaded.checksum() != checksum_before
+    deployable, card = load_deployable(str(tmp_path / "model.pt"))
+    members = {int(i) for layer in deployable.memory_layers() for i in layer.proto_members.flatten().tolist()}
+    assert sid not in members and str(sid) not in card["training_cases"]
+    # it never comes back as a similar case, whatever is asked
+    layer = deployable.memory_layers()[0]
+    layer.record_evidence = True
+    deployable(torch.randn(16, 1, 16, 16))
+    assert sid not in layer.evidence["sample_ids"].flatten().tolist()
+    log = audit(tmp_path)
+    assert [e["action"] for e in log] == ["add", "forget"]
+    assert log[-1]["case_hashes"] == [case_hash(target["case_id"])] and log[-1]["user"] == "tester"
+    assert log[-1]["checksum_before"] == checksum_before and log[-1]["checksum_after"] == reloaded.checksum()
+    assert target["case_id"] not in (tmp_path / "memory_audit.jsonl").read_text()  # ids only as hashes
+
+
+def test_relabel_changes_the_stored_label_and_refuses_unknown(tmp_path):
+    md = make_model_dir(tmp_path, memory_labels=True)
+    md.add(new_items(2, label=0), source="site")
+    md.relabel(["site/case0.png"], "c")
+    row = md.memory.id_to_row[md._ids_of(["site/case0.png"])["site/case0.png"]]
+    assert int(md.memory.row_labels[row]) == 2
+    assert {c["case_id"]: c["class"] for c in md.listing()["cases"]}["site/case0.png"] == "c"
+    with pytest.raises(MemoryEditError, match="unknown class"):
+        md.relabel(["site/case0.png"], "zebra")
+    with pytest.raises(MemoryEditError, match="not in this memory: nope.png"):
+        md.forget(["nope.png"])
+    with pytest.raises(MemoryEditError, match="label 7"):
+        md.add([{"image": torch.zeros(1, 16, 16), "label": 7, "case_id": "x.png"}], source="s")
+
+
+@pytest.mark.parametrize("method", ["kmeans", "assign"])
+def test_refreshed_prototypes_follow_the_added_cases(tmp_path, method):
+    """Adding many cases of one class moves the prototypes' members towards them, either method."""
+    md = make_model_dir(tmp_path, memory_match="same_token")
+    md.save()
+    md.add(new_items(40, label=1), source="site")
+    md.save(refresh=method)
+    net, card = load_deployable(str(tmp_path / "model.pt"))
+    members = {int(i) for layer in net.memory_layers() for i in layer.proto_members.flatten().tolist() if i >= 0}
+    assert any(i >= 12 for i in members)
+    assert any(name.startswith("site/") for name, _ in card["training_cases"].values())
+    assert net.memory_size() == 0  # the deployable carries prototypes only
+
+
+def test_missing_model_card_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.json"):
+        (tmp_path / "model_full.pt").write_bytes(b"")
+        ModelDirectory(tmp_path)
