@@ -72,6 +72,81 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0 if result["predicted"] or not result["errors"] else 1
 
 
+def _memory_sources(args: argparse.Namespace, class_names: list[str]) -> tuple[list[dict], str]:
+    """(``[{image path, label, case_id}]``, source description) from ``--manifest`` or ``--folder``."""
+    from medmem.data import load_datalist, load_manifest
+
+    if args.manifest:
+        manifest = load_manifest(args.manifest)
+        if list(manifest["classes"]) != class_names:
+            raise ValueError(f"{args.manifest}: classes {manifest['classes']} differ from the model's {class_names}")
+        items = load_datalist(manifest, args.split, args.data_root, args.regime)
+        if args.exclude_regime is not None:
+            held = {d["sample_id"] for d in load_datalist(manifest, args.split, args.data_root, args.exclude_regime)}
+            items = [d for d in items if d["sample_id"] not in held]
+        return items, f"{Path(args.manifest).name}:{args.split}" + (f":{args.regime}%" if args.regime else "")
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder (expected one subfolder per class: {', '.join(class_names)})")
+    items = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if sub.name not in class_names:
+            raise ValueError(f"{sub}: folder name is not a class of this model ({', '.join(class_names)})")
+        for f in sorted(p for p in sub.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            items.append({"image": str(f), "label": class_names.index(sub.name), "case_id": f"{folder.name}/{f.relative_to(folder)}"})
+    return items, f"folder:{folder.name}"
+
+
+def _cmd_memory(args: argparse.Namespace) -> int:
+    import json
+
+    from medmem.memory.editing import MemoryEditError, ModelDirectory
+
+    try:
+        md = ModelDirectory(args.model_dir, user=args.user)
+        if args.action == "list":
+            listing = md.listing()
+            if args.json:
+                print(json.dumps(listing, indent=1))
+                return 0
+            print(f"{listing['samples']} cases in memory (checksum {listing['checksum'][:12]})")
+            for name in md.class_names:
+                print(f"  {name}: {listing['per_class'].get(name, 0)}")
+            sources: dict[str, int] = {}
+            for case in listing["cases"]:
+                sources[case["source"]] = sources.get(case["source"], 0) + 1
+            print("sources: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items())))
+            return 0
+        if args.action == "add":
+            from medmem.data import eval_transforms
+
+            items, source = _memory_sources(args, md.class_names)
+            cfg = md.card["network"]
+            chain = eval_transforms(cfg["img_size"][0], cfg["in_channels"], cfg["spatial_dims"])
+            ready, failed = [], []
+            for item in items:
+                try:
+                    ready.append({**item, "image": chain({"image": item["image"]})["image"]})
+                except Exception as exc:  # a bad file is reported, the rest are written
+                    failed.append((item["case_id"], f"{type(exc).__name__}: {exc}".splitlines()[0]))
+            report = md.add(ready, source=source)
+            md.save(refresh=args.refresh)
+            print(f"added {report['added']} cases ({report['skipped']} already held) in {report['seconds']:.1f} s; memory holds {md.memory.num_written}")
+            for case_id, reason in failed:
+                print(f"  not added: {case_id}: {reason}", file=sys.stderr)
+            return 1 if failed else 0
+        if args.action == "relabel":
+            n = md.relabel(args.case_ids, args.to)
+        else:
+            n = md.forget(args.case_ids)
+        md.save(refresh=args.refresh)
+        print(f"{args.action}: {n} case(s); memory holds {md.memory.num_written}; checksum {md.checksum()[:12]}")
+        return 0
+    except (MemoryEditError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medmem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="write evidence PNGs and index.html")
     p.add_argument("--data-root", help="where the training images are, to show recalled cases (default: $MEDMEM_DATA_ROOT)")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("memory", help="list or edit a trained model's memory (add, relabel, forget) without training")
+    msub = p.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("model_dir", help="the bundle's models/ folder (model_full.pt, model.pt, model.json)")
+    common.add_argument("--user", help="who edits, for the audit log (default: $MEDMEM_USER or the login name)")
+    common.add_argument("--refresh", default="kmeans", choices=["kmeans", "assign"], help="how the deployable prototypes are refreshed")
+    m = msub.add_parser("list", parents=[common], help="cases held, per class, with their sources")
+    m.add_argument("--json", action="store_true", help="every case as JSON")
+    m = msub.add_parser("add", parents=[common], help="write labelled cases into the memory (no gradient step)")
+    src = m.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="a medmem manifest: its --split entries are added")
+    src.add_argument("--folder", help="one subfolder per class name, images inside")
+    m.add_argument("--split", default="training")
+    m.add_argument("--regime", type=int, help="with --manifest: only this regime's subset")
+    m.add_argument("--exclude-regime", type=int, help="with --manifest: skip the cases of this regime (e.g. those trained on)")
+    m.add_argument("--data-root", help="where the manifest's images are (default: $MEDMEM_DATA_ROOT)")
+    m = msub.add_parser("relabel", parents=[common], help="give cases another class")
+    m.add_argument("case_ids", nargs="+")
+    m.add_argument("--to", required=True, help="class name")
+    m = msub.add_parser("forget", parents=[common], help="remove cases from the memory and the prototypes")
+    m.add_argument("case_ids", nargs="+")
+    p.set_defaults(func=_cmd_memory)
     return parser
 
 

@@ -113,3 +113,38 @@ def test_missing_model_card_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.json"):
         (tmp_path / "model_full.pt").write_bytes(b"")
         ModelDirectory(tmp_path)
+
+
+def test_cli_add_folder_list_relabel_forget(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from medmem.cli import main
+
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    make_model_dir(model_dir).save()
+    site = tmp_path / "site"
+    rng = np.random.default_rng(0)
+    for name in ("a", "c"):
+        (site / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(site / name / f"img{i}.png")
+    (site / "c" / "broken.png").write_bytes(b"not a png")
+    assert main(["memory", "add", str(model_dir), "--folder", str(site), "--user", "nurse1"]) == 1  # one bad file
+    out, err = capsys.readouterr()
+    assert "added 6 cases" in out and "site/c/broken.png" in err
+    assert main(["memory", "list", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "18 cases in memory" in out and "a: 7" in out and "c: 7" in out and "folder:site 6" in out
+    assert main(["memory", "relabel", str(model_dir), "site/a/img0.png", "--to", "b"]) == 0
+    assert main(["memory", "forget", str(model_dir), "site/c/img1.png", "site/c/img2.png"]) == 0
+    capsys.readouterr()
+    assert main(["memory", "list", str(model_dir), "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["per_class"] == {"a": 6, "b": 5, "c": 5}  # 4+3-1, 4+1, 4+3-2
+    assert [e["action"] for e in audit(model_dir)] == ["add", "relabel", "forget"]
+    assert audit(model_dir)[0]["user"] == "nurse1" and audit(model_dir)[0]["skipped_already_held"] == 0
+    assert main(["memory", "forget", str(model_dir), "site/c/img1.png"]) == 2  # already gone: clear error
+    assert "not in this memory: site/c/img1.png" in capsys.readouterr().err
+    assert main(["memory", "add", str(model_dir), "--folder", str(tmp_path / "nowhere")]) == 2
