@@ -113,11 +113,13 @@ class MemorySABlock(SABlock):
         qn = F.normalize(q[:, :, :nq], dim=-1)
         tau = self.log_tau.exp().view(1, -1, 1, 1)
         mem_index = torch.zeros(0, dtype=torch.long)
+        probe = F.normalize(k[:, :, :nq], dim=-1) if self.retrieve_by_key else qn
         if self.mode == "full":
-            probe = F.normalize(k[:, :, :nq], dim=-1) if self.retrieve_by_key else qn
-            mem_cos, mem_values, mem_valid, mem_index = self._full_memory(qn, sample_ids, probe)  # (B,H,nq,k), (B,H,nq,k,Dh)
+            mem_cos, mem_values, mem_valid, mem_index, probe_cos = self._full_memory(qn, sample_ids, probe)  # (B,H,nq,k), (B,H,nq,k,Dh)
         else:
-            mem_cos = torch.einsum("bhqd,hpd->bhqp", qn, F.normalize(self.proto_keys, dim=-1))
+            proto_keys = F.normalize(self.proto_keys, dim=-1)
+            mem_cos = torch.einsum("bhqd,hpd->bhqp", qn, proto_keys)
+            probe_cos = torch.einsum("bhqd,hpd->bhqp", probe, proto_keys) if self.retrieve_by_key else mem_cos
             mem_values = self.proto_values.unsqueeze(0).unsqueeze(2).expand(q.shape[0], -1, nq, -1, -1)
             # a memory smaller than the prototype budget leaves all-zero prototypes: never read them
             mem_valid = (self.proto_keys.abs().sum(dim=-1) > 0).view(1, self.num_heads, 1, -1).expand_as(mem_cos)
@@ -139,26 +141,28 @@ class MemorySABlock(SABlock):
             local_part = self.drop_weights(local_w) @ v
             mixed = local_part + mem_part
         if self.record_evidence:
-            self.record_read(local_scores, mem_weights, mem_index, mem_part, local_part, mem_cos.masked_fill(~mem_valid, -1.0))
+            self.record_read(local_scores, mem_weights, mem_index, mem_part, local_part, probe_cos.masked_fill(~mem_valid, -1.0))
         out = torch.cat([mixed, local_out[:, :, nq:]], dim=2) if nq < q.shape[2] else mixed
         out = self.out_rearrange(out)
         return self.drop_output(self.out_proj(out))
 
     @torch.jit.unused
-    def _full_memory(self, qn: torch.Tensor, sample_ids: Optional[torch.Tensor], probe: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _full_memory(self, qn: torch.Tensor, sample_ids: Optional[torch.Tensor], probe: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Top-k retrieval by ``probe`` (normalised queries or keys, (B, H, Tq, Dh)): cosine of the
-        queries to the found keys (B, H, Tq, k), values (B, H, Tq, k, Dh), validity mask and entry index."""
+        queries to the found keys (B, H, Tq, k), values (B, H, Tq, k, Dh), validity mask, entry index and
+        the probe's cosine to the found keys (B, H, Tq, k)."""
         found, index = self.memory.search(probe.detach(), self.k, sample_ids, same_token=self.same_token)
         mem_keys, mem_values = self.memory.gather(index)
         cos = torch.einsum("bhqd,bhqkd->bhqk", qn, mem_keys)  # recomputed so gradients reach the query
         if self.label_aware:
             mem_values = mem_values + self.label_values(self.memory.labels_at(index))
-        return cos, mem_values, torch.isfinite(found), index
+        valid = torch.isfinite(found)
+        return cos, mem_values, valid, index, found.masked_fill(~valid, -1.0)
 
     @torch.jit.unused
     @torch.no_grad()
     def record_read(
-        self, local_scores: torch.Tensor, mem_weights: torch.Tensor, mem_index: torch.Tensor, mem_part: torch.Tensor, local_part: torch.Tensor, mem_cos: torch.Tensor
+        self, local_scores: torch.Tensor, mem_weights: torch.Tensor, mem_index: torch.Tensor, mem_part: torch.Tensor, local_part: torch.Tensor, probe_cos: torch.Tensor
     ) -> None:
         """Keep the class token's read of this forward in ``self.evidence``:
 
@@ -168,8 +172,9 @@ class MemorySABlock(SABlock):
           prototypes; -1 = none);
         - ``reliance`` (B,): share of the memory in the class token's attention output,
           ||memory part|| / (||memory part|| + ||local part||), averaged over heads;
-        - ``familiarity`` (B,): cosine similarity of the class token's query to its nearest memory
-          entry or prototype, averaged over heads (low: unlike anything in memory).
+        - ``familiarity`` (B,): cosine similarity of the class token's retrieval probe (its query, or
+          its key with key retrieval) to its nearest memory entry or prototype, averaged over heads
+          (low: unlike anything in memory).
         """
         weights = mem_weights[:, :, 0]
         if self.mode == "full":
@@ -183,7 +188,7 @@ class MemorySABlock(SABlock):
             "weights": weights,
             "sample_ids": owners,
             "reliance": (mem_norm / (mem_norm + local_norm).clamp(min=1e-12)).mean(dim=1),
-            "familiarity": mem_cos[:, :, 0].max(dim=-1).values.mean(dim=1),
+            "familiarity": probe_cos[:, :, 0].max(dim=-1).values.mean(dim=1),
         }
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):

@@ -1,0 +1,101 @@
+"""The one memory model the app serves: shared by the infer task, the label callback and the strategies.
+
+It holds the model directory's full-memory network (so a newly labelled image is read by the very next
+inference) behind a lock (MONAI Label runs inferences in a thread pool), and reloads it when another
+process (a training run) has written the model directory since.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+
+import torch
+
+from medmem.data import eval_transforms
+from medmem.memory.editing import ModelDirectory
+
+logger = logging.getLogger(__name__)
+
+# Classification labels in the datastore: a JSON label file per image, {"class": "<class name>"}
+LABEL_KEY = "class"
+
+
+class MemoryModel:
+    def __init__(self, model_dir: str, refresh: str = "kmeans") -> None:
+        self.model_dir, self.refresh = model_dir, refresh
+        self.lock = threading.RLock()
+        self._load()
+
+    def _load(self) -> None:
+        self.directory = ModelDirectory(self.model_dir, user="monailabel")
+        self._stamp = os.stat(self.directory.full_path).st_mtime_ns
+        cfg = self.directory.card["network"]
+        self.transforms = eval_transforms(cfg["img_size"][0], cfg["in_channels"], cfg["spatial_dims"])
+        self.version = 0  # bumped on every memory change (strategies cache by it)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.directory.class_names
+
+    def current(self) -> ModelDirectory:
+        """The model directory, reloaded first if its checkpoint changed on disk (e.g. after training)."""
+        with self.lock:
+            if os.stat(self.directory.full_path).st_mtime_ns != self._stamp:
+                logger.info("model directory changed on disk: reloading %s", self.model_dir)
+                self._load()
+            return self.directory
+
+    @torch.no_grad()
+    def predict(self, image_path: str, top_cases: int = 5) -> dict:
+        """Probabilities, evidence (similar memory cases with classes, familiarity, reliance) for one image."""
+        with self.lock:
+            md = self.current()
+            x = self.transforms({"image": image_path})["image"].float()[None]
+            layer = md.network.memory_layers()[-1]
+            layer.record_evidence = True
+            try:
+                probs = md.network(x).softmax(-1)[0]
+                ev = layer.evidence
+            finally:
+                layer.record_evidence = False
+            weights = ev["weights"][0].mean(0)  # (k,) averaged over heads
+            owners = ev["sample_ids"][0, 0, :, 0]  # (k,) first head's neighbours
+            similar = []
+            for w, sid in sorted(zip(weights.tolist(), owners.tolist()), reverse=True):
+                info = md.cases.get(str(int(sid)))
+                if sid >= 0 and info and len(similar) < top_cases:
+                    similar.append({"case_id": info["case_id"], "class": info["label"], "weight": round(w, 4)})
+            return {
+                "probabilities": probs.tolist(),
+                "familiarity": float(ev["familiarity"][0]),
+                "memory_reliance": float(ev["reliance"][0]),
+                "similar_cases": similar,
+                "memory_samples": md.memory.num_written,
+            }
+
+    def write_label(self, image_id: str, image_path: str, label_file: str) -> dict:
+        """Write a newly labelled image into the memory (or correct its class if already held)."""
+        try:
+            name = json.loads(open(label_file).read())[LABEL_KEY]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{label_file}: a classification label must be JSON {{\"{LABEL_KEY}\": \"<class>\"}} ({exc})") from exc
+        with self.lock:
+            md = self.current()
+            if name not in md.class_names:
+                raise ValueError(f"{label_file}: class {name!r} is not one of {md.class_names}")
+            case_id = f"monailabel:{image_id}"
+            held = {info["case_id"] for info in md.cases.values()}
+            if case_id in held:
+                md.relabel([case_id], name)
+                action = "relabel"
+            else:
+                x = self.transforms({"image": image_path})["image"].float()
+                md.add([{"image": x, "label": md.class_names.index(name), "case_id": case_id}], source="monailabel")
+                action = "add"
+            md.save(refresh=self.refresh)
+            self._stamp = os.stat(md.full_path).st_mtime_ns
+            self.version += 1
+            return {"memory": action, "class": name, "memory_samples": md.memory.num_written}

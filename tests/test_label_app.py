@@ -1,0 +1,145 @@
+"""The MONAI Label app, end to end on loopback: the real server in its own environment (``make label-env``),
+real brain MRI images, a tiny memory model; info, datastore, infer, a saved label growing the memory and
+being read by the next inference, the strategies, fine-tuning, the audit log, and shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+LABEL_PY = REPO / ".venv-label" / "bin" / "python"
+CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(base: str, method: str, path: str, files: dict | None = None, timeout: float = 120) -> dict:
+    """HTTP request; ``files`` {field: (filename, bytes)} as multipart/form-data."""
+    data, headers = None, {}
+    if files:
+        boundary = uuid.uuid4().hex
+        parts = []
+        for field, (name, blob) in files.items():
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode() + blob + b"\r\n")
+        data = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, data_root):
+    if not LABEL_PY.exists():
+        pytest.skip("the MONAI Label environment is not built (make label-env)")
+    from medmem.data import eval_transforms
+    from medmem.engine.summarize import write_model_card
+    from medmem.networks import MemoryViT
+
+    tmp = tmp_path_factory.mktemp("label")
+    source = data_root / "brain_tumor_mri" / "Training"
+    chain = eval_transforms(32, 1)
+    torch.manual_seed(0)
+    net = MemoryViT(1, 32, 8, len(CLASSES), hidden_size=48, mlp_dim=96, num_layers=2, num_heads=2, memory_k=4, num_prototypes=4, memory_match="same_token", memory_retrieval="key", memory_labels=True)
+    memory_images = [(i, sorted((source / c).iterdir())[j]) for i, c in enumerate(CLASSES) for j in range(2)]
+    x = torch.stack([chain({"image": str(p)})["image"] for _, p in memory_images])
+    net.write_memory(x, torch.arange(len(memory_images)), torch.tensor([c for c, _ in memory_images]))
+    models = tmp / "models"
+    models.mkdir()
+    torch.save(net.state_dict(), models / "model_full.pt")
+    write_model_card(net, str(models / "model.json"), CLASSES, {}, None)
+    studies = tmp / "studies"
+    studies.mkdir()
+    for i, c in enumerate(CLASSES):  # unlabelled images the annotators will see
+        shutil.copy(sorted((source / c).iterdir())[10], studies / f"case{i}.jpg")
+    port = free_port()
+    env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(tmp / "sessions"), "MONAI_LABEL_TRACKING_ENABLED": "false", "MEDMEM_USER": "annotator"}
+    cmd = [str(LABEL_PY), "-m", "monailabel.main", "start_server", "--app", str(REPO / "apps" / "medmem_label"), "--studies", str(studies),
+           "--conf", "model_dir", str(models), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            call(base, "GET", "/info/", timeout=5)
+            break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail("MONAI Label server did not start:\n" + (tmp / "server.log").read_text()[-4000:])
+            time.sleep(1)
+    yield {"base": base, "models": models, "proc": proc, "log": tmp / "server.log"}
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_annotation_loop(server):
+    base, models = server["base"], server["models"]
+    info = call(base, "GET", "/info/")
+    assert "medmem" in info["models"] and info["models"]["medmem"]["type"] == "classification"
+    assert {"least_familiar", "most_uncertain"} <= set(info["strategies"])
+    assert "medmem_finetune" in info["trainers"]
+    store = call(base, "GET", "/datastore/?output=all")
+    assert sorted(store["objects"]) == ["case0", "case1", "case2", "case3"]
+
+    first = call(base, "POST", "/infer/medmem?image=case0&output=json")
+    assert first["memory_samples"] == 8 and len(first["prediction"]) == 4
+    assert abs(sum(p["score"] for p in first["prediction"]) - 1.0) < 1e-4
+    assert all(not c["case_id"].startswith("monailabel:") for c in first["similar_cases"])
+
+    proposal = call(base, "POST", "/activelearning/least_familiar")
+    assert proposal["id"] in {"case0", "case1", "case2", "case3"}
+
+    saved = call(base, "PUT", "/datastore/label?image=case0&tag=final", files={"label": ("label.json", json.dumps({"class": "glioma_tumor"}).encode())})
+    assert saved["memory"] == "add" and saved["memory_samples"] == 9
+    after = call(base, "POST", "/infer/medmem?image=case0&output=json")
+    assert after["memory_samples"] == 9
+    recalled = {c["case_id"]: c["class"] for c in after["similar_cases"]}
+    assert recalled.get("monailabel:case0") == "glioma_tumor"  # the next inference reads the new case
+    assert after["familiarity"] > first["familiarity"]
+
+    proposal = call(base, "POST", "/activelearning/most_uncertain")
+    assert proposal["id"] in {"case1", "case2", "case3"}  # labelled images are not proposed again
+
+    bad = call(base, "PUT", "/datastore/label?image=case1&tag=final", files={"label": ("label.json", b'{"class": "zebra"}')})
+    assert bad["memory"] == "not written" and "zebra" in bad["reason"]
+
+    relabel = call(base, "PUT", "/datastore/label?image=case0&tag=final", files={"label": ("label.json", json.dumps({"class": "no_tumor"}).encode())})
+    assert relabel["memory"] == "relabel" and relabel["memory_samples"] == 9
+    audit = [json.loads(line) for line in (models / "memory_audit.jsonl").read_text().splitlines()]
+    assert [e["action"] for e in audit] == ["add", "relabel"] and audit[0]["user"] == "monailabel"
+
+    call(base, "PUT", "/datastore/label?image=case2&tag=final", files={"label": ("label.json", json.dumps({"class": "no_tumor"}).encode())})
+    before = (models / "model_full.pt").stat().st_mtime_ns
+    trained = call(base, "POST", "/train/medmem_finetune?run_sync=true", files=None, timeout=300)
+    assert trained, server["log"].read_text()[-3000:]
+    assert (models / "model_full.pt").stat().st_mtime_ns != before
+    again = call(base, "POST", "/infer/medmem?image=case0&output=json")
+    assert again["memory_samples"] == 10  # fine-tuning kept the memory (and the labels saved before it)
+
+
+def test_shutdown(server):
+    proc = server["proc"]
+    proc.terminate()
+    assert proc.wait(timeout=30) is not None
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        call(server["base"], "GET", "/info/", timeout=5)
