@@ -17,12 +17,11 @@ from __future__ import annotations
 import logging
 import os
 
-from monailabel.interfaces.app import MONAILabelApp
-
 from lib.infer import MemoryClassifier
 from lib.memory_model import MemoryModel
 from lib.strategy import MemoryStrategy
 from lib.train import MemoryFinetune
+from monailabel.interfaces.app import MONAILabelApp
 
 logger = logging.getLogger(__name__)
 
