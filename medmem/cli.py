@@ -72,20 +72,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0 if result["predicted"] or not result["errors"] else 1
 
 
-def _memory_sources(args: argparse.Namespace, class_names: list[str]) -> tuple[list[dict], str]:
-    """(``[{image path, label, case_id}]``, source description) from ``--manifest`` or ``--folder``."""
-    from medmem.data import load_datalist, load_manifest
-
-    if args.manifest:
-        manifest = load_manifest(args.manifest)
-        if list(manifest["classes"]) != class_names:
-            raise ValueError(f"{args.manifest}: classes {manifest['classes']} differ from the model's {class_names}")
-        items = load_datalist(manifest, args.split, args.data_root, args.regime)
-        if args.exclude_regime is not None:
-            held = {d["sample_id"] for d in load_datalist(manifest, args.split, args.data_root, args.exclude_regime)}
-            items = [d for d in items if d["sample_id"] not in held]
-        return items, f"{Path(args.manifest).name}:{args.split}" + (f":{args.regime}%" if args.regime else "")
-    folder = Path(args.folder)
+def _folder_items(folder: Path, class_names: list[str]) -> list[dict]:
+    """``[{image, label, case_id}]`` of a folder with one subfolder per class name."""
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder (expected one subfolder per class: {', '.join(class_names)})")
     items = []
@@ -94,13 +82,13 @@ def _memory_sources(args: argparse.Namespace, class_names: list[str]) -> tuple[l
             raise ValueError(f"{sub}: folder name is not a class of this model ({', '.join(class_names)})")
         for f in sorted(p for p in sub.rglob("*") if p.is_file() and not p.name.startswith(".")):
             items.append({"image": str(f), "label": class_names.index(sub.name), "case_id": f"{folder.name}/{f.relative_to(folder)}"})
-    return items, f"folder:{folder.name}"
+    return items
 
 
 def _cmd_memory(args: argparse.Namespace) -> int:
     import json
 
-    from medmem.memory.editing import MemoryEditError, ModelDirectory
+    from medmem.memory.editing import MemoryEditError, ModelDirectory, add_from_datalist, add_manifest_split
 
     try:
         md = ModelDirectory(args.model_dir, user=args.user)
@@ -118,23 +106,15 @@ def _cmd_memory(args: argparse.Namespace) -> int:
             print("sources: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items())))
             return 0
         if args.action == "add":
-            from medmem.data import eval_transforms
-
-            items, source = _memory_sources(args, md.class_names)
-            cfg = md.card["network"]
-            chain = eval_transforms(cfg["img_size"][0], cfg["in_channels"], cfg["spatial_dims"])
-            ready, failed = [], []
-            for item in items:
-                try:
-                    ready.append({**item, "image": chain({"image": item["image"]})["image"]})
-                except Exception as exc:  # a bad file is reported, the rest are written
-                    failed.append((item["case_id"], f"{type(exc).__name__}: {exc}".splitlines()[0]))
-            report = md.add(ready, source=source)
-            md.save(refresh=args.refresh)
-            print(f"added {report['added']} cases ({report['skipped']} already held) in {report['seconds']:.1f} s; memory holds {md.memory.num_written}")
-            for case_id, reason in failed:
+            if args.manifest:
+                report = add_manifest_split(args.model_dir, args.manifest, args.split, args.regime, args.exclude_regime, args.data_root, args.refresh, args.user)
+            else:
+                report = add_from_datalist(md, _folder_items(Path(args.folder), md.class_names), f"folder:{Path(args.folder).name}", args.refresh)
+                report["memory_samples"] = md.memory.num_written
+            print(f"added {report['added']} cases ({report['skipped']} already held) in {report['seconds']:.1f} s; memory holds {report['memory_samples']}")
+            for case_id, reason in report["failed"]:
                 print(f"  not added: {case_id}: {reason}", file=sys.stderr)
-            return 1 if failed else 0
+            return 1 if report["failed"] else 0
         if args.action == "relabel":
             n = md.relabel(args.case_ids, args.to)
         else:

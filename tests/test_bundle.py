@@ -82,6 +82,18 @@ def test_evaluate_summarize_export_infer(trained, tmp_path):
     deploy = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert int(deploy["blocks.1.attn.memory.num_rows"]) == 0  # the full memory is not shipped
 
+    cases = json.loads((out / "models" / "memory_cases.json").read_text())["cases"]
+    assert len(cases) == int(deploy_rows := torch.load(out / "models" / "model_full.pt", weights_only=True)["blocks.1.attn.memory.num_rows"])
+    assert all(c["case_id"].startswith("pbc_blood_cells_96/") for c in cases.values())
+    # write regime 3's other cases into the memory without training (the bundle's memory_add config)
+    bundle("run", ["train.json", "memory_add.json"], {**overrides, "memory_add_regime": 3, "memory_user": "ci"})
+    manifest = json.loads((REPO / "data_manifests/pbc_blood_cells_96.json").read_text())
+    grown = torch.load(out / "models" / "model_full.pt", weights_only=True)["blocks.1.attn.memory.num_rows"]
+    assert int(grown) == len(manifest["regimes"]["3"]) and int(grown) > int(deploy_rows)
+    audit = [json.loads(line) for line in (out / "models" / "memory_audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["action"] == "add" and audit[-1]["user"] == "ci" and audit[-1]["cases"] == int(grown) - int(deploy_rows)
+    deploy = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+
     bundle("run", ["train.json", "evaluate.json"], {**overrides, "eval_memory_mode": "prototypes"})
     assert json.loads((out / "eval_test_prototypes" / "test_metrics.json").read_text())["n"] == 3416
 

@@ -239,3 +239,45 @@ def _assign_prototypes(layer, offsets: torch.Tensor | None, token: int | None, m
             top = ids[freq.argsort(descending=True)[:members]]
             member_ids[head, proto, : len(top)] = top
     return keys, values, member_ids
+
+
+def add_from_datalist(directory: ModelDirectory, items: list[dict], source: str, refresh: str = "kmeans") -> dict:
+    """Load and write ``items`` (``{"image": path or npz ref, "label", "case_id"}``) with the model's
+    evaluation transforms, then save. A file that cannot be read is reported, the rest are written.
+
+    Returns ``{"added", "skipped", "seconds", "failed": [(case_id, reason)]}``.
+    """
+    from medmem.data import eval_transforms
+
+    cfg = directory.card["network"]
+    chain = eval_transforms(cfg["img_size"][0], cfg["in_channels"], cfg["spatial_dims"])
+    ready, failed = [], []
+    for item in items:
+        try:
+            ready.append({**item, "image": chain({"image": item["image"]})["image"]})
+        except Exception as exc:  # a bad file is reported, the rest are written
+            failed.append((item["case_id"], f"{type(exc).__name__}: {exc}".splitlines()[0]))
+    report = directory.add(ready, source=source)
+    directory.save(refresh=refresh)
+    return {**report, "failed": failed}
+
+
+def add_manifest_split(
+    model_dir: str, manifest: str, split: str = "training", regime: int | None = None, exclude_regime: int | None = None,
+    data_root: str | None = None, refresh: str = "kmeans", user: str | None = None,
+) -> dict:  # fmt: skip
+    """``medmem memory add --manifest`` and the bundle's ``memory_add`` config: write a manifest split
+    (optionally one regime's subset, optionally without another regime's cases) into a model directory."""
+    from medmem.data import load_datalist, load_manifest
+
+    directory = ModelDirectory(model_dir, user=user)
+    m = load_manifest(manifest)
+    if list(m["classes"]) != directory.class_names:
+        raise MemoryEditError(f"{manifest}: classes {m['classes']} differ from the model's {directory.class_names}")
+    items = load_datalist(m, split, data_root, regime)
+    if exclude_regime is not None:
+        held = {d["sample_id"] for d in load_datalist(m, split, data_root, exclude_regime)}
+        items = [d for d in items if d["sample_id"] not in held]
+    source = f"{Path(manifest).name}:{split}" + (f":{regime}%" if regime else "")
+    report = add_from_datalist(directory, items, source, refresh)
+    return {**report, "memory_samples": directory.memory.num_written}
