@@ -290,3 +290,47 @@ def test_empty_prototype_slots_are_never_read():
     before = model(x)
     layer.proto_values[:, 2:] = 1e3
     torch.testing.assert_close(model(x), before)
+
+
+def test_memory_vote_is_the_attention_weighted_label_histogram():
+    model = tiny_vit(memory_match="same_token", memory_retrieval="key", memory_vote=0.5).eval()
+    x, y = torch.randn(8, 1, 16, 16), torch.arange(8) % 3
+    model.write_memory(x, torch.arange(8), y)
+    layer = model.memory_layers()[0]
+    layer.record_evidence = True
+    out = model(x[:3])
+    w, owners = layer.evidence["weights"], layer.evidence["sample_ids"][..., 0]  # (B, H, k)
+    by_hand = torch.zeros(3, 2, 3).scatter_add_(2, y[owners], w)
+    by_hand = (by_hand / by_hand.sum(-1, keepdim=True)).mean(1)
+    torch.testing.assert_close(layer.last_vote, by_hand)
+    model.memory_vote = 0.0
+    plain = torch.softmax(model(x[:3]), -1)
+    torch.testing.assert_close(out.exp(), 0.5 * plain + 0.5 * by_hand)
+
+
+def test_written_cases_move_the_vote_without_training():
+    """Writing labelled copies of an image (no gradient step) pulls its prediction to their class."""
+    model = tiny_vit(memory_match="same_token", memory_retrieval="key", memory_vote=0.5).eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 1, 16, 16, generator=g)
+    model.write_memory(x, torch.arange(6), torch.tensor([0, 0, 0, 1, 1, 1]))
+    probe = torch.randn(1, 1, 16, 16, generator=g)
+    before = model(probe).exp()[0, 2]
+    model.write_memory(probe.repeat(4, 1, 1, 1) + 0.01 * torch.randn(4, 1, 16, 16, generator=g), torch.arange(100, 104), torch.full((4,), 2))
+    assert model(probe).exp()[0, 2] > before + 0.2
+
+
+def test_prototype_vote_scripts_and_carries_member_labels():
+    from medmem.memory.prototypes import kmeans_prototypes, set_prototype_labels
+
+    model = tiny_vit(memory_match="same_token", memory_retrieval="key", memory_vote=0.5, num_prototypes=4).eval()
+    model.write_memory(torch.randn(12, 1, 16, 16), torch.arange(12), torch.arange(12) % 3)
+    layer = model.memory_layers()[0]
+    layer.proto_keys, layer.proto_values, layer.proto_members = kmeans_prototypes(layer.memory, 4, token=0)
+    set_prototype_labels(layer)
+    assert torch.allclose(layer.proto_labels.sum(-1), torch.ones(2, 4))  # each prototype: a class distribution
+    model.set_memory_mode("prototypes")
+    x = torch.randn(3, 1, 16, 16)
+    eager = model(x)
+    torch.testing.assert_close(torch.jit.script(model)(x), eager)
+    assert torch.allclose(eager.exp().sum(-1), torch.ones(3))

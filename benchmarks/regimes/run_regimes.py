@@ -52,6 +52,8 @@ NETWORKS = {
     "movit_kk_labels": {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_labels": True},
     # memory contrastive loss: keys trained so that retrieval finds same-class images (see docs/design.md)
     "movit_con": {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_labels": True, "memory_contrast": 0.5},
+    # memory vote: the class token's attention over labelled neighbours also votes in the output
+    "movit_vote": {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_vote": 0.5},
     "movit_m0": {"memory_mode": "full", "atma_momentum": 0.0},  # ATMA off: plain overwrite
     "movit_joint": {"memory_mode": "full", "combiner": "joint"},  # one softmax instead of the gate
     "movit_block4": {"memory_mode": "full", "memory_blocks": [-2], "memory_queries": "all"},  # lower block

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from medmem.atomic import torch_save_atomic, write_json_atomic
-from medmem.memory.prototypes import drop_full_memory, kmeans_prototypes
+from medmem.memory.prototypes import drop_full_memory, kmeans_prototypes, set_prototype_labels
 
 REFRESH_METHODS = ("kmeans", "assign")
 
@@ -177,6 +177,7 @@ class ModelDirectory:
                 layer.proto_keys, layer.proto_values, layer.proto_members = keys, values, members
             else:
                 layer.proto_keys, layer.proto_values, layer.proto_members = _assign_prototypes(layer, offsets, token)
+            set_prototype_labels(layer)
 
     def save(self, refresh: str = "kmeans") -> None:
         """Write the full checkpoint, the deployable checkpoint (refreshed prototypes, no full memory),

@@ -87,6 +87,34 @@ def kmeans_prototypes(
     return keys, values, member_ids
 
 
+@torch.no_grad()
+def prototype_label_distribution(memory: ExternalMemory, proto_keys: torch.Tensor, num_classes: int, token: int | None = None) -> torch.Tensor:
+    """Class distribution (H, P, C) of the labelled entries nearest each prototype key (H, P, Dh);
+    zeros for a prototype without labelled entries. ``token`` as in :func:`kmeans_prototypes`."""
+    h, p = proto_keys.shape[:2]
+    dist = torch.zeros(h, p, num_classes)
+    entries = torch.arange(memory.num_entries)
+    if token is not None:
+        entries = entries[token :: memory.tokens]
+    labels = memory.labels_at(entries)
+    known = labels >= 0
+    if not bool(known.any()):
+        return dist
+    entries, labels = entries[known], labels[known]
+    valid = proto_keys.abs().sum(dim=-1) > 0  # (H, P)
+    for head in range(h):
+        sims = memory.keys[head, entries].float() @ F.normalize(proto_keys[head].float(), dim=-1).T
+        assign = sims.masked_fill(~valid[head][None, :], float("-inf")).argmax(dim=1)
+        dist[head].index_put_((assign, labels), torch.ones(len(entries)), accumulate=True)
+    return dist / dist.sum(dim=-1, keepdim=True).clamp(min=1)
+
+
+def set_prototype_labels(layer: torch.nn.Module) -> None:
+    """Fill a memorising layer's ``proto_labels`` from its full memory and current prototype keys."""
+    token = 0 if layer.same_token else None
+    layer.proto_labels = prototype_label_distribution(layer.memory, layer.proto_keys, layer.num_classes, token).to(layer.proto_keys.device)
+
+
 def summarize_memory(
     model: torch.nn.Module,
     batches: Iterable[dict],
@@ -166,6 +194,7 @@ def summarize_memory(
     for layer in layers:
         layer.proto_keys = layer.proto_keys.detach()
         layer.proto_values = layer.proto_values.detach()
+        set_prototype_labels(layer)
     model.set_memory_mode("prototypes")
     return SummaryReport(p_count, mem_samples, mem_entries, steps, first_loss, last_loss, (err_num / max(err_den, 1e-12)) ** 0.5)
 

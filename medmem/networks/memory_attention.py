@@ -38,6 +38,7 @@ class MemorySABlock(SABlock):
     pending_values: Optional[torch.Tensor]
     train_cls_keys: Optional[torch.Tensor]
     train_sample_ids: Optional[torch.Tensor]
+    last_vote: Optional[torch.Tensor]
     record_evidence: bool
 
     def __init__(
@@ -83,6 +84,12 @@ class MemorySABlock(SABlock):
         self.register_buffer("proto_values", torch.zeros(num_heads, num_prototypes, self.dim_head))
         # training samples behind each prototype (the "similar cases" a prototype stands for), -1 padded
         self.register_buffer("proto_members", torch.full((num_heads, num_prototypes, 8), -1, dtype=torch.long))
+        # class distribution of the training entries behind each prototype (for the memory vote)
+        self.register_buffer("proto_labels", torch.zeros(num_heads, num_prototypes, max(num_classes, 1)))
+        self.num_classes = max(num_classes, 1)
+        # the class token's memory vote of the last forward (B, C): its attention weights over the
+        # retrieved entries (or prototypes) applied to their labels, averaged over heads
+        self.last_vote: Optional[torch.Tensor] = None
         self.pending_keys: Optional[torch.Tensor] = None
         self.pending_values: Optional[torch.Tensor] = None
         # the class token's keys (B, H, Dh) of the last training forward, with gradient, and their
@@ -140,11 +147,32 @@ class MemorySABlock(SABlock):
             mem_part = torch.einsum("bhqk,bhqkd->bhqd", self.drop_weights(mem_w), mem_values)
             local_part = self.drop_weights(local_w) @ v
             mixed = local_part + mem_part
+        self.last_vote = self._vote(mem_weights[:, :, 0], mem_index)
         if self.record_evidence:
             self.record_read(local_scores, mem_weights, mem_index, mem_part, local_part, probe_cos.masked_fill(~mem_valid, -1.0))
         out = torch.cat([mixed, local_out[:, :, nq:]], dim=2) if nq < q.shape[2] else mixed
         out = self.out_rearrange(out)
         return self.drop_output(self.out_proj(out))
+
+    def _vote(self, weights: torch.Tensor, mem_index: torch.Tensor) -> torch.Tensor:
+        """Class distribution (B, C) read by the class token: attention weights (B, H, k) over entries
+        or prototypes applied to their labels (one-hot; unknown labels carry nothing), renormalised,
+        averaged over heads. Uniform where the memory holds no labelled entry."""
+        if self.mode == "full":
+            labels = self._entry_labels(mem_index[:, :, 0])  # (B, H, k, C)
+        else:
+            labels = self.proto_labels.unsqueeze(0).expand(weights.shape[0], -1, -1, -1)
+        vote = torch.einsum("bhk,bhkc->bhc", weights, labels)
+        total = vote.sum(dim=-1, keepdim=True)
+        uniform = torch.full_like(vote, 1.0 / self.num_classes)
+        vote = torch.where(total > 1e-8, vote / total.clamp(min=1e-8), uniform)
+        return vote.mean(dim=1)
+
+    @torch.jit.unused
+    def _entry_labels(self, index: torch.Tensor) -> torch.Tensor:
+        """One-hot labels (..., C) of the entries at ``index`` (zeros where unknown)."""
+        labels = self.memory.labels_at(index)
+        return F.one_hot(labels.clamp(min=0), self.num_classes).float() * (labels >= 0).unsqueeze(-1)
 
     @torch.jit.unused
     def _full_memory(self, qn: torch.Tensor, sample_ids: Optional[torch.Tensor], probe: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -195,6 +223,8 @@ class MemorySABlock(SABlock):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         if not self.label_aware and prefix + "label_embedding" in missing_keys:
             missing_keys.remove(prefix + "label_embedding")  # checkpoints from before label-aware reads
+        if prefix + "proto_labels" in missing_keys:
+            missing_keys.remove(prefix + "proto_labels")  # checkpoints from before the memory vote
 
     @torch.jit.unused
     def label_values(self, labels: torch.Tensor) -> torch.Tensor:
@@ -218,6 +248,10 @@ class ViTBlock(TransformerBlock):
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
+    def memory_vote(self) -> Optional[torch.Tensor]:
+        """The class token's memory vote of the last forward (B, C); None without a memory read."""
+        return None
+
 
 class MemoryTransformerBlock(ViTBlock):
     """Pre-norm transformer block whose attention is a :class:`MemorySABlock` (same weight names)."""
@@ -229,3 +263,6 @@ class MemoryTransformerBlock(ViTBlock):
     def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), sample_ids)
         return x + self.mlp(self.norm2(x))
+
+    def memory_vote(self) -> Optional[torch.Tensor]:
+        return None if self.attn.mode == "off" else self.attn.last_vote

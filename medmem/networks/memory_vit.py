@@ -50,6 +50,12 @@ class MemoryViT(nn.Module):
             images; with ``any`` its k neighbours were found to be the tokens of a single image).
         memory_retrieval: find neighbours by ``query``-key similarity (attention-style) or by
             ``key``-key similarity (images alike); attention over them uses query-key scores either way.
+        memory_vote: weight w of the memory vote in the output, in [0, 1): the model returns
+            ``log((1 - w) * softmax(logits) + w * vote)``, where ``vote`` is the class distribution the
+            last memorising layer's class token read from the labels of the entries it attended to
+            (0 = plain logits). Training through it teaches the memory attention to find same-class
+            images (as in neighbourhood component analysis) even once the rest of the network fits
+            its training images, and labelled cases written later change predictions directly.
     """
 
     def __init__(
@@ -77,6 +83,7 @@ class MemoryViT(nn.Module):
         memory_labels: bool = False,
         memory_match: str = "any",
         memory_retrieval: str = "query",
+        memory_vote: float = 0.0,
     ) -> None:
         super().__init__()
         if memory_mode not in MEMORY_MODES:
@@ -95,8 +102,11 @@ class MemoryViT(nn.Module):
             "memory_mode": memory_mode, "memory_k": memory_k, "atma_momentum": atma_momentum,
             "combiner": combiner, "num_prototypes": num_prototypes, "memory_queries": memory_queries,
             "memory_backend": memory_backend, "memory_dtype": memory_dtype, "memory_labels": memory_labels,
-            "memory_match": memory_match, "memory_retrieval": memory_retrieval,
+            "memory_match": memory_match, "memory_retrieval": memory_retrieval, "memory_vote": memory_vote,
         }  # fmt: skip
+        if not 0.0 <= memory_vote < 1.0:
+            raise ValueError(f"memory_vote must be in [0, 1), got {memory_vote}")
+        self.memory_vote = float(memory_vote)
         self.tokens = int(np.prod([i // p for i, p in zip(img_size, patch_size)])) + 1
         self.patch_embedding = PatchEmbeddingBlock(
             in_channels=in_channels, img_size=img_size, patch_size=patch_size, hidden_size=hidden_size,
@@ -130,8 +140,19 @@ class MemoryViT(nn.Module):
         return self.norm(x)[:, 0]
 
     def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits (B, num_classes). ``sample_ids`` (B,) excludes each image's own memory entries."""
-        return self.classification_head(self.forward_features(x, sample_ids))
+        """Logits (B, num_classes) (log-probabilities with a memory vote). ``sample_ids`` (B,)
+        excludes each image's own memory entries."""
+        logits = self.classification_head(self.forward_features(x, sample_ids))
+        if self.memory_vote > 0:
+            vote: Optional[torch.Tensor] = None
+            for block in self.blocks:
+                v = block.memory_vote()
+                if v is not None:
+                    vote = v  # the last memorising layer votes
+            if vote is not None:
+                probs = (1.0 - self.memory_vote) * torch.softmax(logits, dim=-1) + self.memory_vote * vote
+                return torch.log(probs.clamp(min=1e-8))
+        return logits
 
     # -------------------------------------------------------------------------------------- memory
     def memory_layers(self) -> List[MemorySABlock]:

@@ -1,0 +1,138 @@
+"""Writing instead of training: how much of the gap to a model trained on all data does ``memory add``
+close, with no gradient step?
+
+    python benchmarks/regimes/write_vs_train.py --dataset pbc_blood_cells_96 --network movit_con --regimes 3 10 --seed 0
+
+For each regime R: the study's trained network ``<network>_r<R>_s<seed>`` is evaluated on the test split
+(full memory as trained), then every training case outside its regime is written into its memory with
+:class:`medmem.memory.editing.ModelDirectory`-style ``write_memory`` (no gradient step), and the test split is
+evaluated again, with the full memory and with k-means prototypes refreshed from it. References from
+``regimes.csv``: the plain ViT trained on 100 percent (the gap to close) and, as the skeptic's baseline,
+a k-NN over the regime-R plain ViT's features with *all* training labels (``vit_knn_all``: what a
+nearest-neighbour vote alone gains from the same extra labels). Rows go to
+``benchmarks/results/write_vs_train.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_regimes import DATASETS, NETWORKS, REPO, load_arrays, read_rows  # noqa: E402
+
+COLUMNS = ["dataset", "network", "regime", "seed", "trained_images", "written_images", "write_s", "acc_trained", "acc_written", "acc_written_proto", "auc_trained", "auc_written", "vit_knn_all_acc", "vit100_acc", "gap_closed"]
+NET_KEYS = ("memory_vote", "memory_mode", "memory_match", "memory_retrieval", "memory_labels", "memory_k", "atma_momentum", "combiner", "memory_blocks", "memory_queries")
+
+
+def build(dataset: str, network: str, num_classes: int):
+    import medmem
+
+    cfg = DATASETS[dataset]
+    kw = {k: v for k, v in NETWORKS[network].items() if k in NET_KEYS}
+    return medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], num_classes, dropout_rate=0.1, **kw)
+
+
+@torch.no_grad()
+def evaluate(net, x: torch.Tensor, y, num_classes: int) -> dict:
+    from medmem.engine.metrics import classification_metrics
+
+    net.eval()
+    probs = torch.cat([net(x[i : i + 256]).softmax(-1) for i in range(0, len(x), 256)])
+    return classification_metrics(probs.numpy(), y, num_classes)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="pbc_blood_cells_96", choices=sorted(DATASETS))
+    p.add_argument("--network", default="movit_con", choices=[n for n, o in NETWORKS.items() if o["memory_mode"] == "full"])
+    p.add_argument("--regimes", nargs="+", type=int, default=[3, 10])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", default=str(REPO / "runs" / "regimes"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "write_vs_train.csv"))
+    args = p.parse_args()
+    if not os.environ.get("MEDMEM_DATA_ROOT"):
+        sys.exit("set MEDMEM_DATA_ROOT to the datasets folder")
+    import medmem
+    from medmem.memory.prototypes import kmeans_prototypes, set_prototype_labels
+
+    manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(args.dataset))
+    c = len(manifest["classes"])
+    cfg = DATASETS[args.dataset]
+    studied = {(r["model"], r["regime"], r["seed"]): r for r in read_rows(REPO / "benchmarks" / "results" / "regimes.csv")}
+    vit100 = studied.get(("vit", "100", str(args.seed)))
+    xte, yte = load_arrays(args.dataset, "test", None, cfg["image_size"], cfg["in_channels"])
+    all_items = medmem.data.load_datalist(medmem.engine.resolve_manifest(args.dataset), "training", None)
+    for regime in args.regimes:
+        run = Path(args.runs) / args.dataset / f"{args.network}_r{regime}_s{args.seed}" / "models" / "model_full.pt"
+        net = build(args.dataset, args.network, c)
+        net.load_state_dict(torch.load(run, map_location="cpu", weights_only=True))
+        trained = evaluate(net, xte, yte, c)
+        held = set(net.memory_layers()[0].memory.sample_ids().tolist())
+        rest = [d for d in all_items if d["sample_id"] not in held]
+        chain = medmem.data.eval_transforms(cfg["image_size"], cfg["in_channels"])
+        start = time.perf_counter()
+        for i in range(0, len(rest), 256):
+            chunk = rest[i : i + 256]
+            x = torch.stack([chain({"image": d["image"]})["image"] for d in chunk])
+            net.write_memory(x, torch.tensor([d["sample_id"] for d in chunk]), torch.tensor([d["label"] for d in chunk]))
+        write_s = time.perf_counter() - start  # includes decoding the images
+        written = evaluate(net, xte, yte, c)
+        for layer in net.memory_layers():
+            keys, values, members = kmeans_prototypes(layer.memory, layer.proto_keys.shape[1], args.seed, token=0 if layer.same_token else None)
+            layer.proto_keys, layer.proto_values, layer.proto_members = keys, values, members
+            set_prototype_labels(layer)
+        net.set_memory_mode("prototypes")
+        proto = evaluate(net, xte, yte, c)
+        knn_all = vit_knn_all(args.dataset, regime, args.seed, Path(args.runs), c, xte, yte, all_items)
+        gap = (float(vit100["acc"]) - trained["acc"]) if vit100 else float("nan")
+        row = {
+            "dataset": args.dataset, "network": args.network, "regime": regime, "seed": args.seed,
+            "trained_images": len(held), "written_images": len(rest), "write_s": round(write_s, 1),
+            "acc_trained": trained["acc"], "acc_written": written["acc"], "acc_written_proto": proto["acc"],
+            "auc_trained": trained["auc"], "auc_written": written["auc"], "vit_knn_all_acc": knn_all,
+            "vit100_acc": float(vit100["acc"]) if vit100 else "", "gap_closed": round((written["acc"] - trained["acc"]) / gap, 3) if gap > 0 else "",
+        }  # fmt: skip
+        print(row, flush=True)
+        write_row(Path(args.out), row)
+
+
+def vit_knn_all(dataset: str, regime: int, seed: int, runs: Path, c: int, xte, yte, all_items) -> float | str:
+    """k-NN (k=10, cosine, distance-weighted) over the regime's plain-ViT features of every training case."""
+    import numpy as np
+    from sklearn.neighbors import KNeighborsClassifier
+
+    import medmem
+
+    ckpt = runs / dataset / f"vit_r{regime}_s{seed}" / "models" / "model_full.pt"
+    if not ckpt.exists():
+        return ""
+    cfg = DATASETS[dataset]
+    net = medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], c, memory_mode="off", dropout_rate=0.1)
+    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    net.eval()
+    xtr, ytr = load_arrays(dataset, "training", None, cfg["image_size"], cfg["in_channels"])
+    with torch.no_grad():
+        feats = [torch.nn.functional.normalize(torch.cat([net.forward_features(x[i : i + 256]) for i in range(0, len(x), 256)]), dim=-1) for x in (xtr, xte)]
+    knn = KNeighborsClassifier(n_neighbors=10, weights="distance", metric="cosine").fit(feats[0].numpy(), ytr)
+    return float(np.mean(knn.predict(feats[1].numpy()) == yte))
+
+
+def write_row(path: Path, row: dict) -> None:
+    from medmem.atomic import atomic_path
+
+    rows = [r for r in read_rows(path) if (r["network"], r["regime"], r["seed"]) != (row["network"], str(row["regime"]), str(row["seed"]))] + [row]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
