@@ -101,6 +101,7 @@ def main() -> None:
         }  # fmt: skip
         print(row, flush=True)
         write_row(Path(args.out), row)
+    write_markdown(Path(args.out))
 
 
 def vit_knn_all(dataset: str, regime: int, seed: int, runs: Path, c: int, xte, yte, all_items) -> float | str:
@@ -132,6 +133,32 @@ def write_row(path: Path, row: dict) -> None:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_markdown(path: Path) -> None:
+    """``<csv>.md``: the rows as a table, with the command and machine."""
+    import platform
+
+    from medmem.atomic import write_text_atomic
+
+    lines = [
+        "# Writing instead of training",
+        "",
+        "Made by `python benchmarks/regimes/write_vs_train.py --network <network> --regimes 3 10 --seed 0` (test split;",
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}). `acc_written`: after writing every other",
+        "training case into the memory with no gradient step; `vit_knn_all`: k-NN over the same regime's plain-ViT features",
+        "with every training label; `gap_closed`: (acc_written - acc_trained) / (vit100 - acc_trained).",
+        "",
+        "| network | regime % | trained on | written | write s | ACC trained | ACC written | ACC written, prototypes | vit_knn_all | ViT 100% | gap closed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v: f"{float(v):.3f}" if v not in ("", None) else "-"  # noqa: E731
+    for r in read_rows(path):
+        lines.append(
+            f"| {r['network']} | {r['regime']} | {r['trained_images']} | {r['written_images']} | {r['write_s']} | {fmt(r['acc_trained'])} | "
+            f"{fmt(r['acc_written'])} | {fmt(r['acc_written_proto'])} | {fmt(r['vit_knn_all_acc'])} | {fmt(r['vit100_acc'])} | {r['gap_closed'] or '-'} |"
+        )
+    write_text_atomic("\n".join(lines) + "\n", path.with_suffix(".md"))
 
 
 if __name__ == "__main__":
