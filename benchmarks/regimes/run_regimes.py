@@ -41,9 +41,13 @@ DATASETS = {
 STEPS = {1: 300, 3: 500, 10: 800, 30: 1000, 100: 1500}
 BATCH = 64
 # bundle overrides of each trained network; ``*_proto`` rows reuse the trained model of their prefix
+# the memory ViT as chosen in session 2 (docs/design.md): class tokens retrieve other images' class
+# tokens by key similarity, and the memory attention's label vote is half of the output
+MOVIT = {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_vote": 0.5}
 NETWORKS = {
     "vit": {"memory_mode": "off"},
-    "movit": {"memory_mode": "full"},
+    "movit": MOVIT,
+    "movit_query": {"memory_mode": "full"},  # the first design: query-key retrieval over all tokens, no vote
     # ablations of the memory design (rows go to ablations.csv with --out)
     "movit_labels": {"memory_mode": "full", "memory_labels": True},  # label-aware memory reads
     "movit_cls": {"memory_mode": "full", "memory_match": "same_token"},  # class token reads other images' class tokens
@@ -52,13 +56,12 @@ NETWORKS = {
     "movit_kk_labels": {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_labels": True},
     # memory contrastive loss: keys trained so that retrieval finds same-class images (see docs/design.md)
     "movit_con": {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_labels": True, "memory_contrast": 0.5},
-    # memory vote: the class token's attention over labelled neighbours also votes in the output
-    "movit_vote": {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_vote": 0.5},
-    "movit_m0": {"memory_mode": "full", "atma_momentum": 0.0},  # ATMA off: plain overwrite
-    "movit_joint": {"memory_mode": "full", "combiner": "joint"},  # one softmax instead of the gate
-    "movit_block4": {"memory_mode": "full", "memory_blocks": [-2], "memory_queries": "all"},  # lower block
-    "movit_k8": {"memory_mode": "full", "memory_k": 8},
-    "movit_k128": {"memory_mode": "full", "memory_k": 128},
+    "movit_vote": {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_vote": 0.5},  # = movit
+    "movit_m0": {**MOVIT, "atma_momentum": 0.0},  # ATMA off: plain overwrite
+    "movit_joint": {**MOVIT, "combiner": "joint"},  # one softmax instead of the gate
+    "movit_block4": {**MOVIT, "memory_blocks": [-2]},  # the memorising block one below the top
+    "movit_k8": {**MOVIT, "memory_k": 8},
+    "movit_k128": {**MOVIT, "memory_k": 128},
     "resnet18": {"memory_mode": "off", "network_def#_target_": "medmem.networks.ResNetClassifier"},  # CNN reference
 }
 
