@@ -31,11 +31,12 @@ def main() -> None:
     p.add_argument("--memory-labels", action="store_true")
     p.add_argument("--memory-match", default="any", choices=["any", "same_token"])
     p.add_argument("--memory-retrieval", default="query", choices=["query", "key"])
+    p.add_argument("--memory-vote", type=float, default=0.0)
     args = p.parse_args()
     manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(args.dataset))
     n_classes = len(manifest["classes"])
     net = medmem.networks.MemoryViT(args.in_channels, args.image_size, args.patch_size, n_classes, dropout_rate=0.1, memory_labels=args.memory_labels,
-        memory_match=args.memory_match, memory_retrieval=args.memory_retrieval,
+        memory_match=args.memory_match, memory_retrieval=args.memory_retrieval, memory_vote=args.memory_vote,
     )  # fmt: skip
     net.load_state_dict(torch.load(Path(args.run_dir) / "models" / "model_full.pt", map_location="cpu", weights_only=True))
     net.eval()

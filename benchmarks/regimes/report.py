@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = ["vit", "movit", "movit_proto", "vit_knn", "resnet18", "logreg"]  # order of the main table
+MODELS = ["vit", "movit", "movit_proto", "vit_knn", "vit_knn_vote", "resnet18", "logreg"]  # order of the main table
 
 
 def mean_std(values: list[float]) -> str:

@@ -9,7 +9,7 @@ re-made alone, e.g.::
 Models: ``vit`` (memory off), ``movit`` (full memory), ``movit_proto`` (movit after prototype
 summarisation), ``movit_labels`` / ``movit_labels_proto`` (ablation: label-aware memory), ``resnet18``
 (MONAI ResNet-18, the CNN reference), ``vit_knn`` (k-NN on the trained vit's class-token features), ``logreg`` (logistic
-regression on 28 px pixels). Within a regime all networks get the same steps, schedule and
+regression on 28 px pixels), ``vit_knn_vote`` (the plain ViT's softmax averaged with that k-NN vote). Within a regime all networks get the same steps, schedule and
 augmentation; model selection uses validation only and the test split is read once per row.
 """
 
@@ -145,8 +145,10 @@ def _full_proba(clf, x, num_classes: int):
     return full
 
 
-def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict) -> dict:
-    """k-NN (cosine, k=10, distance-weighted) on the trained plain ViT's class-token features."""
+def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, fuse: float = 0.0) -> dict:
+    """k-NN (cosine, k=10, distance-weighted) on the trained plain ViT's class-token features; with
+    ``fuse`` w > 0 (model ``vit_knn_vote``), ``(1 - w) * ViT softmax + w * k-NN vote``: a plain ViT plus a
+    nearest-neighbour vote bolted on after training, the skeptic's version of the memory vote."""
     import torch
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -171,7 +173,13 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     ftr, ytr = features("training", regime)
     fte, yte = features("test", None)
     knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(ftr, ytr)
-    m = classification_metrics(_full_proba(knn, fte, len(manifest["classes"])), yte, len(manifest["classes"]))
+    probs = _full_proba(knn, fte, len(manifest["classes"]))
+    if fuse > 0:
+        x, _ = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
+        with torch.no_grad():
+            head = torch.cat([net(x[i : i + 256]).softmax(-1) for i in range(0, len(x), 256)]).numpy()
+        probs = (1 - fuse) * head + fuse * probs
+    m = classification_metrics(probs, yte, len(manifest["classes"]))
     return {"train_images": len(ytr), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
 
 
@@ -213,8 +221,8 @@ def main() -> None:
                 print(f"[{time.strftime('%H:%M:%S')}] {args.dataset} {model} regime {regime}% seed {seed}", flush=True)
                 if model == "logreg":
                     result = run_logreg_cell(args.dataset, regime, seed, manifest)
-                elif model == "vit_knn":
-                    result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest)
+                elif model in ("vit_knn", "vit_knn_vote"):
+                    result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest, fuse=0.5 if model == "vit_knn_vote" else 0.0)
                 else:
                     result = run_network_cell(args.dataset, model, regime, seed, runs, manifest)
                 row = {"dataset": args.dataset, "model": model, "regime": regime, "seed": seed, **result}
