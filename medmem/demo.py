@@ -87,9 +87,9 @@ def check_torchscript(models: Path, common: dict) -> None:
     import medmem
 
     scripted = torch.jit.load(str(models / "model.ts"))
-    manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(common["dataset"]))
-    eager = medmem.networks.MemoryViT(3, 64, 8, len(manifest["classes"]), memory_mode="prototypes", dropout_rate=0.1)
-    eager.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))
+    from medmem.engine.batch_predict import load_deployable
+
+    eager, _ = load_deployable(str(models / "model.pt"))  # built from the model card, as deployed
     x = torch.rand(4, 3, 64, 64)
     diff = (scripted(x) - eager.eval()(x)).abs().max().item()
     print(f"TorchScript vs eager deployable model: max |difference| {diff:.2e}")
