@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
 def check_torchscript(models: Path, common: dict) -> None:
     import torch
 
-    import medmem
 
     scripted = torch.jit.load(str(models / "model.ts"))
     from medmem.engine.batch_predict import load_deployable
