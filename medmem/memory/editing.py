@@ -170,14 +170,7 @@ class ModelDirectory:
         if method not in REFRESH_METHODS:
             raise ValueError(f"refresh method must be one of {REFRESH_METHODS}, got {method!r}")
         for layer in self.network.memory_layers():
-            offsets = _label_offsets(layer)
-            token = 0 if layer.same_token else None
-            if method == "kmeans":
-                keys, values, members = kmeans_prototypes(layer.memory, layer.proto_keys.shape[1], seed, value_offsets=offsets, token=token)
-                layer.proto_keys, layer.proto_values, layer.proto_members = keys, values, members
-            else:
-                layer.proto_keys, layer.proto_values, layer.proto_members = _assign_prototypes(layer, offsets, token)
-            set_prototype_labels(layer)
+            refresh_layer_prototypes(layer, method, seed)
 
     def save(self, refresh: str = "kmeans") -> None:
         """Write the full checkpoint, the deployable checkpoint (refreshed prototypes, no full memory),
@@ -206,6 +199,20 @@ class ModelDirectory:
             fh.write(json.dumps(entry) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+
+@torch.no_grad()
+def refresh_layer_prototypes(layer, method: str = "kmeans", seed: int = 0) -> None:
+    """Recompute one memorising layer's prototypes from its full memory (see ``refresh_prototypes``)."""
+    if method not in REFRESH_METHODS:
+        raise ValueError(f"refresh method must be one of {REFRESH_METHODS}, got {method!r}")
+    offsets = _label_offsets(layer)
+    token = 0 if layer.same_token else None
+    if method == "kmeans":
+        layer.proto_keys, layer.proto_values, layer.proto_members = kmeans_prototypes(layer.memory, layer.proto_keys.shape[1], seed, value_offsets=offsets, token=token)
+    else:
+        layer.proto_keys, layer.proto_values, layer.proto_members = _assign_prototypes(layer, offsets, token)
+    set_prototype_labels(layer)
 
 
 def _label_offsets(layer) -> torch.Tensor | None:
