@@ -334,3 +334,20 @@ def test_prototype_vote_scripts_and_carries_member_labels():
     eager = model(x)
     torch.testing.assert_close(torch.jit.script(model)(x), eager)
     assert torch.allclose(eager.exp().sum(-1), torch.ones(3))
+
+
+def test_key_retrieval_reads_only_the_k_nearest_prototypes():
+    from medmem.memory.prototypes import kmeans_prototypes, set_prototype_labels
+
+    model = tiny_vit(memory_match="same_token", memory_retrieval="key", memory_vote=0.5, num_prototypes=6, memory_k=2).eval()
+    model.write_memory(torch.randn(12, 1, 16, 16), torch.arange(12), torch.arange(12) % 3)
+    layer = model.memory_layers()[0]
+    layer.proto_keys, layer.proto_values, layer.proto_members = kmeans_prototypes(layer.memory, 6, token=0)
+    set_prototype_labels(layer)
+    model.set_memory_mode("prototypes")
+    layer.record_evidence = True
+    x = torch.randn(3, 1, 16, 16)
+    eager = model(x)
+    assert ((layer.evidence["weights"] > 0).sum(-1) == 2).all()  # (B, H): two prototypes read each
+    layer.record_evidence = False
+    torch.testing.assert_close(torch.jit.script(model)(x), eager)

@@ -130,6 +130,11 @@ class MemorySABlock(SABlock):
             mem_values = self.proto_values.unsqueeze(0).unsqueeze(2).expand(q.shape[0], -1, nq, -1, -1)
             # a memory smaller than the prototype budget leaves all-zero prototypes: never read them
             mem_valid = (self.proto_keys.abs().sum(dim=-1) > 0).view(1, self.num_heads, 1, -1).expand_as(mem_cos)
+            if self.retrieve_by_key and self.k < mem_cos.shape[-1]:
+                # as with the full memory: read only the k prototypes nearest the probe (the key), so the
+                # prototypes stand in for the neighbours the full memory would have retrieved
+                top = probe_cos.masked_fill(~mem_valid, -2.0).topk(self.k, dim=-1).indices
+                mem_valid = mem_valid & torch.zeros_like(mem_valid).scatter(-1, top, True)
         mem_scores = (mem_cos * tau).masked_fill(~mem_valid, -1e4)
 
         if self.combiner == "gate":
