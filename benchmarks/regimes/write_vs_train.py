@@ -156,15 +156,16 @@ def write_markdown(path: Path) -> None:
         "Made by `python benchmarks/regimes/write_vs_train.py --network <network> --regimes 3 10 --seed 0` (test split;",
         f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}). `acc_written`: after writing every other",
         "training case into the memory with no gradient step; `vit_knn_all`: k-NN over the same regime's plain-ViT features",
-        "with every training label; `gap_closed`: (acc_written - acc_trained) / (vit100 - acc_trained).",
+        "with every training label; `gap_closed`: (acc_written - acc_trained) / (vit100 - acc_trained), vit100 = mean of the",
+        "100% plain-ViT rows of regimes.csv. Prototype columns of session-2 rows predate the k-nearest-prototype fix (docs/design.md).",
         "",
-        "| network | regime % | trained on | written | write s | ACC trained | ACC written | ACC written, k-means prototypes | ACC written, assigned prototypes | vit_knn_all | ViT 100% | gap closed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| network | regime % | seed | trained on | written | write s | ACC trained | ACC written | ACC written, k-means prototypes | ACC written, assigned prototypes | vit_knn_all | ViT 100% | gap closed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v: f"{float(v):.3f}" if v not in ("", None) else "-"  # noqa: E731
     for r in read_rows(path):
         lines.append(
-            f"| {r['network']} | {r['regime']} | {r['trained_images']} | {r['written_images']} | {r['write_s']} | {fmt(r['acc_trained'])} | "
+            f"| {r['network']} | {r['regime']} | {r['seed']} | {r['trained_images']} | {r['written_images']} | {r['write_s']} | {fmt(r['acc_trained'])} | "
             f"{fmt(r['acc_written'])} | {fmt(r['acc_written_proto'])} | {fmt(r.get('acc_written_assign'))} | {fmt(r['vit_knn_all_acc'])} | {fmt(r['vit100_acc'])} | {r['gap_closed'] or '-'} |"
         )
     write_text_atomic("\n".join(lines) + "\n", path.with_suffix(".md"))
