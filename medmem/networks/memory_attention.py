@@ -39,6 +39,7 @@ class MemorySABlock(SABlock):
     train_cls_keys: Optional[torch.Tensor]
     train_sample_ids: Optional[torch.Tensor]
     last_vote: Optional[torch.Tensor]
+    compute_vote: bool
     record_evidence: bool
 
     def __init__(
@@ -90,6 +91,7 @@ class MemorySABlock(SABlock):
         # the class token's memory vote of the last forward (B, C): its attention weights over the
         # retrieved entries (or prototypes) applied to their labels, averaged over heads
         self.last_vote: Optional[torch.Tensor] = None
+        self.compute_vote = False  # set by MemoryViT when its output uses the vote (keeps it off the hot path otherwise)
         self.pending_keys: Optional[torch.Tensor] = None
         self.pending_values: Optional[torch.Tensor] = None
         # the class token's keys (B, H, Dh) of the last training forward, with gradient, and their
@@ -152,7 +154,7 @@ class MemorySABlock(SABlock):
             mem_part = torch.einsum("bhqk,bhqkd->bhqd", self.drop_weights(mem_w), mem_values)
             local_part = self.drop_weights(local_w) @ v
             mixed = local_part + mem_part
-        self.last_vote = self._vote(mem_weights[:, :, 0], mem_index)
+        self.last_vote = self._vote(mem_weights[:, :, 0], mem_index) if self.compute_vote else None
         if self.record_evidence:
             self.record_read(local_scores, mem_weights, mem_index, mem_part, local_part, probe_cos.masked_fill(~mem_valid, -1.0))
         out = torch.cat([mixed, local_out[:, :, nq:]], dim=2) if nq < q.shape[2] else mixed

@@ -128,6 +128,8 @@ class MemoryViT(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_size)
         self.classification_head = nn.Linear(hidden_size, num_classes)
+        for layer in self.memory_layers():
+            layer.compute_vote = self.memory_vote > 0
         self.register_buffer("memory_fingerprint", torch.tensor(list(bytes.fromhex(self.fingerprint())), dtype=torch.uint8))
 
     # ------------------------------------------------------------------------------------- forward
