@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from medmem.atomic import torch_save_atomic, write_json_atomic
-from medmem.memory.prototypes import drop_full_memory, kmeans_prototypes, set_prototype_labels
+from medmem.memory.prototypes import drop_full_memory, kmeans_prototypes, label_value_offsets, set_prototype_labels, top_members
 
 REFRESH_METHODS = ("kmeans", "assign")
 
@@ -167,8 +167,6 @@ class ModelDirectory:
         ``assign``: keep the prototype keys, re-assign every entry to its nearest prototype and take the
         mean value per prototype (fast; keys do not move, so new kinds of cases get no prototype of their own).
         """
-        if method not in REFRESH_METHODS:
-            raise ValueError(f"refresh method must be one of {REFRESH_METHODS}, got {method!r}")
         for layer in self.network.memory_layers():
             refresh_layer_prototypes(layer, method, seed)
 
@@ -206,7 +204,7 @@ def refresh_layer_prototypes(layer, method: str = "kmeans", seed: int = 0) -> No
     """Recompute one memorising layer's prototypes from its full memory (see ``refresh_prototypes``)."""
     if method not in REFRESH_METHODS:
         raise ValueError(f"refresh method must be one of {REFRESH_METHODS}, got {method!r}")
-    offsets = _label_offsets(layer)
+    offsets = label_value_offsets(layer)
     token = 0 if layer.same_token else None
     if method == "kmeans":
         layer.proto_keys, layer.proto_values, layer.proto_members = kmeans_prototypes(layer.memory, layer.proto_keys.shape[1], seed, value_offsets=offsets, token=token)
@@ -215,15 +213,7 @@ def refresh_layer_prototypes(layer, method: str = "kmeans", seed: int = 0) -> No
     set_prototype_labels(layer)
 
 
-def _label_offsets(layer) -> torch.Tensor | None:
-    """Label embeddings (H, N, Dh) of every entry of a label-aware layer, else None."""
-    if not layer.label_aware:
-        return None
-    entries = torch.arange(layer.memory.num_entries).view(1, 1, 1, -1)
-    return layer.label_values(layer.memory.labels_at(entries).expand(1, layer.num_heads, 1, -1))[0, :, 0].detach()
-
-
-def _assign_prototypes(layer, offsets: torch.Tensor | None, token: int | None, members: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _assign_prototypes(layer, offsets: torch.Tensor | None, token: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keys, values and members of the prototypes after re-assigning every entry to its nearest fixed
     prototype key: value = mean (label-aware) value of its entries; a prototype left without entries is
     emptied (zero key: never read), so nothing of a forgotten case survives in it."""
@@ -233,6 +223,7 @@ def _assign_prototypes(layer, offsets: torch.Tensor | None, token: int | None, m
         entries = entries[token :: memory.tokens]
     keys, values = layer.proto_keys.clone(), layer.proto_values.clone()
     member_ids = torch.full_like(layer.proto_members, -1)
+    num_prototypes, members = layer.proto_members.shape[1:]
     owners = memory.row_ids[entries // memory.tokens]
     for head in range(memory.num_heads):
         assign = (memory.keys[head, entries].float() @ F.normalize(layer.proto_keys[head], dim=-1).T).argmax(dim=1)
@@ -242,10 +233,7 @@ def _assign_prototypes(layer, offsets: torch.Tensor | None, token: int | None, m
         filled = counts > 0
         values[head, filled] = sums[filled] / counts[filled, None]
         keys[head, ~filled], values[head, ~filled] = 0.0, 0.0
-        for proto in filled.nonzero().flatten().tolist():
-            ids, freq = torch.unique(owners[assign == proto], return_counts=True)
-            top = ids[freq.argsort(descending=True)[:members]]
-            member_ids[head, proto, : len(top)] = top
+        member_ids[head] = top_members(owners, assign, num_prototypes, members)
     return keys, values, member_ids
 
 

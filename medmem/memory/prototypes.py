@@ -79,12 +79,27 @@ def kmeans_prototypes(
         vals = torch.zeros(p, dh).index_add_(0, assign_t, entry_values) / counts[:, None]
         keys[head, :p] = F.normalize(torch.from_numpy(km.centroids).float(), dim=-1)
         values[head, :p] = vals
-        owners = row_ids[entries // tokens]
-        for proto in range(p):
-            ids, freq = torch.unique(owners[assign_t == proto], return_counts=True)
-            top = ids[freq.argsort(descending=True)[:members]]
-            member_ids[head, proto, : len(top)] = top
+        member_ids[head] = top_members(row_ids[entries // tokens], assign_t, num_prototypes, members)
     return keys, values, member_ids
+
+
+def top_members(owners: torch.Tensor, assign: torch.Tensor, num_prototypes: int, members: int = 8) -> torch.Tensor:
+    """Member samples (P, members) of each prototype, -1 padded: the samples owning most of the entries
+    assigned to it. ``owners`` and ``assign``: sample id and prototype index of each entry (N,)."""
+    out = torch.full((num_prototypes, members), -1, dtype=torch.long)
+    for proto in assign.unique().tolist():
+        ids, freq = torch.unique(owners[assign == proto], return_counts=True)
+        top = ids[freq.argsort(descending=True)[:members]]
+        out[proto, : len(top)] = top
+    return out
+
+
+def label_value_offsets(layer: torch.nn.Module) -> torch.Tensor | None:
+    """Label embeddings (H, N, Dh) of every entry of a label-aware memorising layer, else None."""
+    if not layer.label_aware:
+        return None
+    entries = torch.arange(layer.memory.num_entries).view(1, 1, 1, -1)
+    return layer.label_values(layer.memory.labels_at(entries).expand(1, layer.num_heads, 1, -1))[0, :, 0].detach()
 
 
 @torch.no_grad()
@@ -141,11 +156,7 @@ def summarize_memory(
     p_count = num_prototypes or layers[0].proto_keys.shape[1]
     mem_samples, mem_entries = layers[0].memory.num_written, layers[0].memory.num_entries
     for layer in layers:
-        offsets = None
-        if layer.label_aware:
-            entries = torch.arange(layer.memory.num_entries).view(1, 1, 1, -1)
-            offsets = layer.label_values(layer.memory.labels_at(entries).expand(1, layer.num_heads, 1, -1))[0, :, 0].detach()
-        keys, values, members = kmeans_prototypes(layer.memory, p_count, seed, value_offsets=offsets, token=0 if layer.same_token else None)
+        keys, values, members = kmeans_prototypes(layer.memory, p_count, seed, value_offsets=label_value_offsets(layer), token=0 if layer.same_token else None)
         layer.proto_keys = keys.to(device)
         layer.proto_values = values.to(device)
         layer.proto_members = members.to(device)
