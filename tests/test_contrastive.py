@@ -94,3 +94,41 @@ def test_zero_weight_is_plain_cross_entropy():
     torch.manual_seed(3)
     logits = net(x, torch.arange(5))
     torch.testing.assert_close(MemoryAwareLoss(net, 0.0, label_smoothing=0.1)(logits, y), torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1))
+
+
+def test_separate_vote_training_scores_head_and_vote_apart():
+    """``memory_vote_training="separate"``: in training the output is the head's own logits and the loss
+    adds CE of the vote; in eval the output is fused as with ``fused``."""
+    net = tiny(memory_match="same_token", memory_retrieval="key", memory_vote=0.5, memory_vote_training="separate")
+    x, y = filled(net)
+    net.train()
+    torch.manual_seed(5)
+    out = net(x[:4], torch.arange(4))
+    vote = net.train_vote
+    assert vote is not None and vote.requires_grad
+    torch.testing.assert_close(vote.sum(-1), torch.ones(4))
+    torch.manual_seed(5)
+    head = net.classification_head(net.forward_features(x[:4], torch.arange(4)))
+    torch.testing.assert_close(out, head)  # not fused: plain logits (not log-probabilities)
+    assert not torch.allclose(out.exp().sum(-1), torch.ones(4), atol=1e-3)
+    ce = torch.nn.CrossEntropyLoss()
+    loss = MemoryAwareLoss(net, vote_weight=2.0)
+    net(x[:4], torch.arange(4))
+    expected = ce(out, y[:4]) + 2.0 * ce(torch.log(net.train_vote), y[:4])
+    torch.testing.assert_close(loss(out, y[:4]), expected)
+    # the vote term sends gradient into the memorising layer's query path
+    net.zero_grad()
+    MemoryAwareLoss(net, vote_weight=1.0)(net(x[:4], torch.arange(4)).detach(), y[:4]).backward()
+    assert net.memory_layers()[0].qkv.weight.grad.abs().sum() > 0
+    net.eval()
+    fused = net(x[:4])
+    assert net.train_vote is None
+    torch.testing.assert_close(fused.exp().sum(-1), torch.ones(4))
+
+
+def test_fused_vote_training_adds_no_vote_term():
+    net = tiny(memory_match="same_token", memory_retrieval="key", memory_vote=0.5).train()
+    x, y = filled(net)
+    out = net(x[:4], torch.arange(4))
+    assert net.train_vote is None
+    torch.testing.assert_close(MemoryAwareLoss(net)(out, y[:4]), torch.nn.CrossEntropyLoss()(out, y[:4]))

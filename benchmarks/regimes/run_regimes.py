@@ -57,6 +57,8 @@ NETWORKS = {
     # memory contrastive loss: keys trained so that retrieval finds same-class images (see docs/design.md)
     "movit_con": {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_labels": True, "memory_contrast": 0.5},
     "movit_vote": {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_vote": 0.5},  # = movit
+    # the head trained on its own logits and the vote by its own cross-entropy; fused only at inference
+    "movit_sep": {**MOVIT, "memory_vote_training": "separate"},
     "movit_m0": {**MOVIT, "atma_momentum": 0.0},  # ATMA off: plain overwrite
     "movit_joint": {**MOVIT, "combiner": "joint"},  # one softmax instead of the gate
     "movit_block4": {**MOVIT, "memory_blocks": [-2]},  # the memorising block one below the top

@@ -21,6 +21,7 @@ from torch import nn
 from medmem.networks.memory_attention import MEMORY_MODES, MemorySABlock, MemoryTransformerBlock, ViTBlock
 
 # Settings that shape the memory: a memory saved under one of these cannot serve another.
+VOTE_TRAINING = ("fused", "separate")
 FINGERPRINT_KEYS = ("in_channels", "img_size", "patch_size", "spatial_dims", "hidden_size", "num_heads", "num_layers", "memory_blocks")
 
 
@@ -56,7 +57,15 @@ class MemoryViT(nn.Module):
             (0 = plain logits). Training through it teaches the memory attention to find same-class
             images (as in neighbourhood component analysis) even once the rest of the network fits
             its training images, and labelled cases written later change predictions directly.
+        memory_vote_training: how the vote is trained. ``fused``: through the fused output above.
+            ``separate``: in training mode the model returns the head's own logits and keeps the vote in
+            ``train_vote`` (B, C), which ``medmem.engine.MemoryAwareLoss`` scores with its own
+            cross-entropy term; outside training the output is fused as above. Why: through the fused
+            output the head's gradient is scaled down wherever the (at first random) vote is right or
+            wrong, and it learned slower than a plain ViT's head (10% PBC study, docs/design.md).
     """
+
+    train_vote: Optional[torch.Tensor]
 
     def __init__(
         self,
@@ -84,6 +93,7 @@ class MemoryViT(nn.Module):
         memory_match: str = "any",
         memory_retrieval: str = "query",
         memory_vote: float = 0.0,
+        memory_vote_training: str = "fused",
     ) -> None:
         super().__init__()
         if memory_mode not in MEMORY_MODES:
@@ -103,10 +113,16 @@ class MemoryViT(nn.Module):
             "combiner": combiner, "num_prototypes": num_prototypes, "memory_queries": memory_queries,
             "memory_backend": memory_backend, "memory_dtype": memory_dtype, "memory_labels": memory_labels,
             "memory_match": memory_match, "memory_retrieval": memory_retrieval, "memory_vote": memory_vote,
+            "memory_vote_training": memory_vote_training,
         }  # fmt: skip
         if not 0.0 <= memory_vote < 1.0:
             raise ValueError(f"memory_vote must be in [0, 1), got {memory_vote}")
+        if memory_vote_training not in VOTE_TRAINING:
+            raise ValueError(f"memory_vote_training must be one of {VOTE_TRAINING}, got {memory_vote_training!r}")
         self.memory_vote = float(memory_vote)
+        self.memory_vote_training = memory_vote_training
+        # the last training forward's memory vote (B, C), set only with memory_vote_training="separate"
+        self.train_vote: Optional[torch.Tensor] = None
         self.tokens = int(np.prod([i // p for i, p in zip(img_size, patch_size)])) + 1
         self.patch_embedding = PatchEmbeddingBlock(
             in_channels=in_channels, img_size=img_size, patch_size=patch_size, hidden_size=hidden_size,
@@ -142,15 +158,19 @@ class MemoryViT(nn.Module):
         return self.norm(x)[:, 0]
 
     def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits (B, num_classes) (log-probabilities with a memory vote). ``sample_ids`` (B,)
-        excludes each image's own memory entries."""
+        """Logits (B, num_classes) (log-probabilities with a memory vote, except while training with
+        ``memory_vote_training="separate"``). ``sample_ids`` (B,) excludes each image's own memory entries."""
         logits = self.classification_head(self.forward_features(x, sample_ids))
+        self.train_vote = None
         if self.memory_vote > 0:
             vote: Optional[torch.Tensor] = None
             for block in self.blocks:
                 v = block.memory_vote()
                 if v is not None:
                     vote = v  # the last memorising layer votes
+            if vote is not None and self.training and self.memory_vote_training == "separate":
+                self.train_vote = vote
+                return logits
             if vote is not None:
                 probs = (1.0 - self.memory_vote) * torch.softmax(logits, dim=-1) + self.memory_vote * vote
                 return torch.log(probs.clamp(min=1e-8))
