@@ -16,6 +16,7 @@ forgotten case cannot survive in them.
 from __future__ import annotations
 
 import copy
+import functools
 import getpass
 import hashlib
 import json
@@ -71,6 +72,14 @@ class ModelDirectory:
     @property
     def memory(self):
         return self.network.memory_layers()[0].memory
+
+    @functools.cached_property
+    def transforms(self):
+        """The model's evaluation transforms (file path -> (C, *img_size) tensor), built once."""
+        from medmem.data import eval_transforms
+
+        cfg = self.card["network"]
+        return eval_transforms(cfg["img_size"][0], cfg["in_channels"], cfg["spatial_dims"])
 
     def _name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else "unknown"
@@ -243,14 +252,10 @@ def add_from_datalist(directory: ModelDirectory, items: list[dict], source: str,
 
     Returns ``{"added", "skipped", "seconds", "failed": [(case_id, reason)]}``.
     """
-    from medmem.data import eval_transforms
-
-    cfg = directory.card["network"]
-    chain = eval_transforms(cfg["img_size"][0], cfg["in_channels"], cfg["spatial_dims"])
     ready, failed = [], []
     for item in items:
         try:
-            ready.append({**item, "image": chain({"image": item["image"]})["image"]})
+            ready.append({**item, "image": directory.transforms({"image": item["image"]})["image"]})
         except Exception as exc:  # a bad file is reported, the rest are written
             failed.append((item["case_id"], f"{type(exc).__name__}: {exc}".splitlines()[0]))
     report = directory.add(ready, source=source)

@@ -14,7 +14,6 @@ import threading
 
 import torch
 
-from medmem.data import eval_transforms
 from medmem.memory.editing import ModelDirectory
 
 logger = logging.getLogger(__name__)
@@ -32,13 +31,16 @@ class MemoryModel:
     def _load(self) -> None:
         self.directory = ModelDirectory(self.model_dir, user="monailabel")
         self._stamp = os.stat(self.directory.full_path).st_mtime_ns
-        cfg = self.directory.card["network"]
-        self.transforms = eval_transforms(cfg["img_size"][0], cfg["in_channels"], cfg["spatial_dims"])
         self.version = 0  # bumped on every memory change (strategies cache by it)
 
     @property
     def class_names(self) -> list[str]:
         return self.directory.class_names
+
+    @property
+    def transforms(self):
+        """The model's evaluation chain (one, cached on the model directory)."""
+        return self.current().transforms
 
     def current(self) -> ModelDirectory:
         """The model directory, reloaded first if its checkpoint changed on disk (e.g. after training)."""
@@ -53,7 +55,7 @@ class MemoryModel:
         """Probabilities, evidence (similar memory cases with classes, familiarity, reliance) for one image."""
         with self.lock:
             md = self.current()
-            x = self.transforms({"image": image_path})["image"].float()[None]
+            x = md.transforms({"image": image_path})["image"].float()[None]
             layer = md.network.memory_layers()[-1]
             layer.record_evidence = True
             try:
@@ -92,7 +94,7 @@ class MemoryModel:
                 md.relabel([case_id], name)
                 action = "relabel"
             else:
-                x = self.transforms({"image": image_path})["image"].float()
+                x = md.transforms({"image": image_path})["image"].float()
                 md.add([{"image": x, "label": md.class_names.index(name), "case_id": case_id}], source="monailabel")
                 action = "add"
             md.save(refresh=self.refresh)
