@@ -88,7 +88,7 @@ def _folder_items(folder: Path, class_names: list[str]) -> list[dict]:
 def _cmd_memory(args: argparse.Namespace) -> int:
     import json
 
-    from medmem.memory.editing import MemoryEditError, ModelDirectory, add_from_datalist, add_manifest_split
+    from medmem.memory.editing import MemoryEditError, ModelDirectory, add_from_datalist, add_manifest_split, load_cases
 
     try:
         md = ModelDirectory(args.model_dir, user=args.user)
@@ -115,6 +115,25 @@ def _cmd_memory(args: argparse.Namespace) -> int:
             for case_id, reason in report["failed"]:
                 print(f"  not added: {case_id}: {reason}", file=sys.stderr)
             return 1 if report["failed"] else 0
+        if args.action == "tune-vote":
+            if args.manifest:
+                from medmem.data import load_datalist, load_manifest
+
+                manifest = load_manifest(args.manifest)
+                if list(manifest["classes"]) != md.class_names:
+                    raise MemoryEditError(f"{args.manifest}: classes {manifest['classes']} differ from the model's {md.class_names}")
+                items = load_datalist(manifest, args.split, args.data_root)
+            else:
+                items = _folder_items(Path(args.folder), md.class_names)
+            ready, failed = load_cases(md, items)
+            for case_id, reason in failed:
+                print(f"  not used: {case_id}: {reason}", file=sys.stderr)
+            report = md.tune_vote_weight(ready)
+            md.save(refresh=args.refresh)
+            print(f"memory vote weight {report['previous']:g} -> {report['weight']:g}, chosen on {report['cases']} held-out cases")
+            for w, score in report["scores"].items():
+                print(f"  w={w:.1f}: accuracy {score['acc']:.4f}, log loss {score['nll']:.4f}")
+            return 1 if failed else 0
         if args.action == "relabel":
             n = md.relabel(args.case_ids, args.to)
         else:
@@ -177,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--split", default="training")
     m.add_argument("--regime", type=int, help="with --manifest: only this regime's subset")
     m.add_argument("--exclude-regime", type=int, help="with --manifest: skip the cases of this regime (e.g. those trained on)")
+    m.add_argument("--data-root", help="where the manifest's images are (default: $MEDMEM_DATA_ROOT)")
+    m = msub.add_parser("tune-vote", parents=[common], help="re-choose how much the memory votes, on labelled held-out cases")
+    src = m.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="a medmem manifest: its --split entries are the held-out cases")
+    src.add_argument("--folder", help="one subfolder per class name, images inside")
+    m.add_argument("--split", default="validation")
     m.add_argument("--data-root", help="where the manifest's images are (default: $MEDMEM_DATA_ROOT)")
     m = msub.add_parser("relabel", parents=[common], help="give cases another class")
     m.add_argument("case_ids", nargs="+")

@@ -148,3 +148,52 @@ def test_cli_add_folder_list_relabel_forget(tmp_path, capsys):
     assert main(["memory", "forget", str(model_dir), "site/c/img1.png"]) == 2  # already gone: clear error
     assert "not in this memory: site/c/img1.png" in capsys.readouterr().err
     assert main(["memory", "add", str(model_dir), "--folder", str(tmp_path / "nowhere")]) == 2
+    capsys.readouterr()
+    # re-choose the vote weight on held-out cases (the same folder here): bad file reported, the rest used
+    assert main(["memory", "tune-vote", str(model_dir), "--folder", str(site)]) == 1
+    out, err = capsys.readouterr()
+    assert "chosen on 6 held-out cases" in out and "w=0.9" in out and "site/c/broken.png" in err
+    assert audit(model_dir)[-1]["action"] == "tune_vote"
+    chosen = audit(model_dir)[-1]["vote_weight"]
+    assert json.loads((model_dir / "model.json").read_text())["network"]["memory_vote"] == chosen
+
+
+def test_choose_vote_weight_follows_whichever_is_right():
+    from medmem.memory.vote import choose_vote_weight
+
+    labels = torch.tensor([0, 1, 2, 0])
+    right = torch.nn.functional.one_hot(labels, 3).float() * 0.8 + 0.2 / 3
+    wrong = torch.nn.functional.one_hot((labels + 1) % 3, 3).float() * 0.8 + 0.2 / 3
+    w, scores = choose_vote_weight(wrong, right, labels)  # head wrong, vote right
+    assert w > 0.5 and scores[w]["acc"] == 1.0 and scores[0.0]["acc"] == 0.0
+    w, scores = choose_vote_weight(right, wrong, labels)  # head right, vote wrong
+    assert w == 0.0 and scores[0.0]["acc"] == 1.0 and scores[0.9]["acc"] == 0.0
+    with pytest.raises(ValueError):
+        choose_vote_weight(right, wrong, labels, grid=[1.0])
+
+
+def test_tune_vote_weight_is_saved_audited_and_matches_the_model_output(tmp_path):
+    from medmem.memory.vote import fused, head_and_vote
+
+    md = make_model_dir(tmp_path, memory_match="same_token", memory_retrieval="key", memory_vote=0.1)
+    g = torch.Generator().manual_seed(11)
+    protos = torch.randn(3, 1, 16, 16, generator=g) * 3  # three well-separated kinds of image, one per class
+    cases = [{"image": protos[c] + 0.1 * torch.randn(1, 16, 16, generator=g), "label": c, "case_id": f"site/{c}-{i}"} for c in range(3) for i in range(6)]
+    md.add(cases, source="site")
+    held_out = [{"image": protos[c] + 0.1 * torch.randn(1, 16, 16, generator=g), "label": c} for c in range(3) for _ in range(4)]
+    report = md.tune_vote_weight(held_out)
+    assert report["previous"] == pytest.approx(0.1) and report["cases"] == 12
+    w = report["weight"]
+    best = max(s["acc"] for s in report["scores"].values())
+    assert report["scores"][w]["acc"] == best
+    x = torch.stack([it["image"] for it in held_out])
+    head, vote = head_and_vote(md.network, x)
+    torch.testing.assert_close(md.network(x).exp(), fused(head, vote, w).clamp(min=1e-8))
+    md.save()
+    assert json.loads((tmp_path / "model.json").read_text())["network"]["memory_vote"] == w
+    net, _ = load_deployable(str(tmp_path / "model.pt"))
+    assert net.memory_vote == w
+    entry = audit(tmp_path)[-1]
+    assert entry["action"] == "tune_vote" and entry["vote_weight"] == w and entry["held_out_cases"] == 12
+    with pytest.raises(MemoryEditError):
+        md.tune_vote_weight([])

@@ -167,6 +167,25 @@ class ModelDirectory:
         self._audit("forget", list(ids), before)
         return len(ids)
 
+    @torch.no_grad()
+    def tune_vote_weight(self, items: list[dict], batch_size: int = 256) -> dict:
+        """Re-choose the memory vote's weight w on labelled held-out cases (``{"image": tensor ready for
+        the network, "label": int}``), e.g. after ``add`` wrote many cases. Returns ``{"weight",
+        "previous", "cases", "scores": {w: {"acc", "nll"}}}``; ``save`` then writes the new w."""
+        from medmem.memory.vote import choose_vote_weight, head_and_vote, set_vote_weight
+
+        if not items:
+            raise MemoryEditError("no labelled cases to choose the vote weight on")
+        x = torch.stack([torch.as_tensor(it["image"]).float() for it in items])
+        head, vote = head_and_vote(self.network, x, batch_size)
+        weight, scores = choose_vote_weight(head, vote, torch.tensor([int(it["label"]) for it in items]))
+        previous = self.network.memory_vote
+        before = self.checksum()
+        set_vote_weight(self.network, weight)
+        self.card["network"]["memory_vote"] = weight
+        self._audit("tune_vote", [], before, extra={"vote_weight": weight, "previous": previous, "held_out_cases": len(items)})
+        return {"weight": weight, "previous": previous, "cases": len(items), "scores": scores}
+
     # ------------------------------------------------------------------------------------ prototypes
     @torch.no_grad()
     def refresh_prototypes(self, method: str = "kmeans", seed: int = 0) -> None:
@@ -186,6 +205,7 @@ class ModelDirectory:
 
         self.refresh_prototypes(refresh)
         torch_save_atomic(self.network.state_dict(), self.full_path)
+        self.network.clear_transient()  # the last forward's tensors (and any autograd graph) are not state
         deployable = copy.deepcopy(self.network)
         drop_full_memory(deployable)
         deployable.set_memory_mode("prototypes")
@@ -246,18 +266,25 @@ def _assign_prototypes(layer, offsets: torch.Tensor | None, token: int | None) -
     return keys, values, member_ids
 
 
+def load_cases(directory: ModelDirectory, items: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Each item's image (path or npz reference) through the model's evaluation transforms. A file that
+    cannot be read is reported as ``(case_id, reason)``, the rest are returned ready for the network."""
+    ready, failed = [], []
+    for item in items:
+        try:
+            ready.append({**item, "image": directory.transforms({"image": item["image"]})["image"]})
+        except Exception as exc:  # a bad file is reported, the rest are used
+            failed.append((item.get("case_id", str(item["image"])), f"{type(exc).__name__}: {exc}".splitlines()[0]))
+    return ready, failed
+
+
 def add_from_datalist(directory: ModelDirectory, items: list[dict], source: str, refresh: str = "kmeans") -> dict:
     """Load and write ``items`` (``{"image": path or npz ref, "label", "case_id"}``) with the model's
     evaluation transforms, then save. A file that cannot be read is reported, the rest are written.
 
     Returns ``{"added", "skipped", "seconds", "failed": [(case_id, reason)]}``.
     """
-    ready, failed = [], []
-    for item in items:
-        try:
-            ready.append({**item, "image": directory.transforms({"image": item["image"]})["image"]})
-        except Exception as exc:  # a bad file is reported, the rest are written
-            failed.append((item["case_id"], f"{type(exc).__name__}: {exc}".splitlines()[0]))
+    ready, failed = load_cases(directory, items)
     report = directory.add(ready, source=source)
     directory.save(refresh=refresh)
     return {**report, "failed": failed}

@@ -239,6 +239,13 @@ class MemorySABlock(SABlock):
         heads = torch.arange(labels.shape[1], device=labels.device).view(1, -1, 1, 1)
         return self.label_embedding[labels + 1, heads]
 
+    @torch.jit.unused
+    def clear_transient(self) -> None:
+        """Drop what the last forward left behind (its vote, training keys with their autograd graph,
+        pending writes, evidence), e.g. before the module is copied or saved."""
+        self.last_vote = self.pending_keys = self.pending_values = self.train_cls_keys = self.train_sample_ids = None
+        self.evidence = {}
+
     @torch.no_grad()
     def commit_memory(self, sample_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
         """Write the keys/values of the last training forward for these (B,) sample ids (and labels)."""

@@ -180,6 +180,13 @@ class MemoryViT(nn.Module):
     def memory_layers(self) -> List[MemorySABlock]:
         return [b.attn for b in self.blocks if isinstance(b.attn, MemorySABlock)]
 
+    @torch.jit.unused
+    def clear_transient(self) -> None:
+        """Drop every tensor the last forward left on the modules (see ``MemorySABlock.clear_transient``)."""
+        self.train_vote = None
+        for layer in self.memory_layers():
+            layer.clear_transient()
+
     def set_memory_mode(self, mode: str) -> None:
         if mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {mode!r}")
