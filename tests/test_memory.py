@@ -351,3 +351,22 @@ def test_key_retrieval_reads_only_the_k_nearest_prototypes():
     assert ((layer.evidence["weights"] > 0).sum(-1) == 2).all()  # (B, H): two prototypes read each
     layer.record_evidence = False
     torch.testing.assert_close(torch.jit.script(model)(x), eager)
+
+
+def test_a_memory_that_fits_in_the_prototype_budget_is_kept_exactly():
+    """Fewer stored images than prototypes: the deployable prototypes are the entries themselves (no
+    k-means merging, no distillation), so prototypes mode answers exactly as the full memory."""
+    from medmem.memory.prototypes import summarize_memory
+
+    model = tiny_vit(memory_match="same_token", memory_retrieval="key", memory_vote=0.5, num_prototypes=16).eval()
+    g = torch.Generator().manual_seed(4)
+    x, y, ids = torch.randn(12, 1, 16, 16, generator=g), torch.arange(12) % 3, torch.arange(12)
+    model.write_memory(x, ids, y)
+    probe = torch.randn(5, 1, 16, 16, generator=g)
+    full = model(probe)
+    report = summarize_memory(model, [{"image": x, "label": y, "sample_id": ids}], epochs=2)
+    assert report.steps == 0
+    model.set_memory_mode("prototypes")
+    torch.testing.assert_close(model(probe), full, rtol=1e-4, atol=1e-5)
+    layer = model.memory_layers()[0]
+    assert sorted(layer.proto_members[0, :12, 0].tolist()) == list(range(12))

@@ -43,7 +43,7 @@ def kmeans_prototypes(
     value_offsets: torch.Tensor | None = None,
     token: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """k-means initial prototypes of one memory.
+    """k-means initial prototypes of one memory (its entries themselves where they fit in ``num_prototypes``).
 
     ``value_offsets`` (H, N, Dh), if given, is added to the entries' values before averaging (e.g. the
     label embeddings of a label-aware layer). ``token``: cluster only that token position's entries
@@ -67,17 +67,20 @@ def kmeans_prototypes(
     member_ids = torch.full((h, num_prototypes, members), -1, dtype=torch.long)
     row_ids = memory.row_ids[: memory.num_written]
     for head in range(h):
-        x = memory.keys[head, entries].float().contiguous().numpy()
-        km = faiss.Kmeans(dh, p, niter=20, seed=seed + head, spherical=True, verbose=False, min_points_per_centroid=1)
-        km.train(x)
-        _, assign = km.index.search(x, 1)
-        assign_t = torch.from_numpy(assign[:, 0]).long()
+        x = memory.keys[head, entries].float().contiguous()
+        if n <= num_prototypes:  # the memory fits: each entry is its own prototype (exact; k-means would merge some)
+            centroids, assign_t = x, torch.arange(n)
+        else:
+            km = faiss.Kmeans(dh, p, niter=20, seed=seed + head, spherical=True, verbose=False, min_points_per_centroid=1)
+            km.train(x.numpy())
+            _, assign = km.index.search(x.numpy(), 1)
+            centroids, assign_t = torch.from_numpy(km.centroids).float(), torch.from_numpy(assign[:, 0]).long()
         counts = torch.bincount(assign_t, minlength=p).clamp(min=1).float()
         entry_values = memory.values[head, entries].float()
         if value_offsets is not None:
             entry_values = entry_values + value_offsets[head, entries]
         vals = torch.zeros(p, dh).index_add_(0, assign_t, entry_values) / counts[:, None]
-        keys[head, :p] = F.normalize(torch.from_numpy(km.centroids).float(), dim=-1)
+        keys[head, :p] = F.normalize(centroids, dim=-1)
         values[head, :p] = vals
         member_ids[head] = top_members(row_ids[entries // tokens], assign_t, num_prototypes, members)
     return keys, values, member_ids
@@ -130,6 +133,13 @@ def set_prototype_labels(layer: torch.nn.Module) -> None:
     layer.proto_labels = prototype_label_distribution(layer.memory, layer.proto_keys, layer.num_classes, token).to(layer.proto_keys.device)
 
 
+def memory_fits(layer: torch.nn.Module, num_prototypes: int) -> bool:
+    """Whether a memorising layer's (read) entries fit in ``num_prototypes`` per head, so that the
+    prototypes can be the entries themselves."""
+    entries = layer.memory.num_written if layer.same_token else layer.memory.num_entries
+    return entries <= num_prototypes
+
+
 def summarize_memory(
     model: torch.nn.Module,
     batches: Iterable[dict],
@@ -160,6 +170,11 @@ def summarize_memory(
         layer.proto_keys = keys.to(device)
         layer.proto_values = values.to(device)
         layer.proto_members = members.to(device)
+    if all(memory_fits(layer, p_count) for layer in layers):
+        # the prototypes are the memory itself: nothing to distil. (Distilling would even harm: its targets
+        # exclude each training image's own entry, which the prototypes cannot.)
+        logger.info("the memory (%d samples) fits in %d prototypes: prototypes are its entries, no distillation", mem_samples, p_count)
+        epochs = 0
     params = [t for layer in layers for t in (layer.proto_keys, layer.proto_values)]
     for t in params:
         t.requires_grad_(True)
