@@ -4,13 +4,17 @@
 
 Prints a Markdown report (also written beside the JSON). Timings are medians over ``--repeats``
 runs after two warm-up runs, with the min-max spread; the model is the default MemoryViT (64 px,
-patch 8, width 192, depth 6, 3 heads, 65 tokens), batch 64 for training, 128 for inference. The
-memory is filled with random keys/values (speed does not depend on their content).
+patch 8, width 192, depth 6, 3 heads, 65 tokens), batch 64 for training, 128 for inference, with the
+memory design of ``--design``: ``chosen`` (the bundle default: the class token retrieves other images'
+class tokens by key and votes with their labels) or ``first`` (query-key retrieval over every stored
+token, no vote). The memory is filled with random keys/values and labels (speed does not depend on
+their content); ``--sizes`` counts entries per head (stored images x 65 tokens).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import time
@@ -22,6 +26,11 @@ import torch.nn.functional as F
 from medmem.atomic import write_json_atomic, write_text_atomic
 from medmem.memory.knn import knn_search
 from medmem.networks import MemoryViT
+
+DESIGNS = {
+    "chosen": {"memory_match": "same_token", "memory_retrieval": "key", "memory_vote": 0.5},
+    "first": {"memory_match": "any", "memory_retrieval": "query", "memory_vote": 0.0},
+}
 
 
 def timed(fn, repeats: int) -> dict:
@@ -44,7 +53,7 @@ def fill(model: MemoryViT, entries: int) -> None:
         for start in range(0, samples, chunk):
             n = min(chunk, samples - start)
             kv = torch.randn(n, mem.num_heads, mem.tokens, mem.head_dim, generator=g)
-            mem.write(kv, kv, torch.arange(start, start + n))
+            mem.write(kv, kv, torch.arange(start, start + n), torch.randint(0, 8, (n,), generator=g))
 
 
 def bench_knn(repeats: int) -> list[dict]:
@@ -60,16 +69,16 @@ def bench_knn(repeats: int) -> list[dict]:
     return rows
 
 
-def bench_model(repeats: int, sizes: list[int]) -> list[dict]:
+def bench_model(repeats: int, sizes: list[int], design: dict) -> list[dict]:
     rows = []
     x_train, y_train = torch.randn(64, 3, 64, 64), torch.randint(0, 8, (64,))
     x_infer = torch.randn(128, 3, 64, 64)
     for mode, queries in (("off", "cls"), ("full", "cls"), ("full", "all")):
         for entries in sizes if mode == "full" else [0]:
-            if queries == "all" and entries > 100_000:
-                continue  # minutes per step: not a usable setting on this CPU
+            if queries == "all" and (entries > 100_000 or design["memory_match"] == "same_token"):
+                continue  # minutes per step on this CPU; the chosen design reads with the class token only
             torch.manual_seed(0)
-            model = MemoryViT(3, 64, 8, 8, memory_mode=mode, memory_queries=queries)
+            model = MemoryViT(3, 64, 8, 8, memory_mode=mode, memory_queries=queries, **design)
             fill(model, entries) if mode == "full" else None
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
             base = model.memory_size()
@@ -89,23 +98,27 @@ def bench_model(repeats: int, sizes: list[int]) -> list[dict]:
             with torch.no_grad():
                 t = timed(lambda: model(x_infer), repeats)
             rows.append({"what": "inference", "mode": mode, "queries": queries, "entries": entries, "batch": 128, **t})
-    model = MemoryViT(3, 64, 8, 8, memory_mode="prototypes", num_prototypes=256).eval()
+    model = MemoryViT(3, 64, 8, 8, memory_mode="prototypes", num_prototypes=256, **design).eval()
     with torch.no_grad():
         t = timed(lambda: model(x_infer), repeats)
     rows.append({"what": "inference", "mode": "prototypes", "queries": "cls", "entries": 256, "batch": 128, **t})
     return rows
 
 
-def bench_memory_read(repeats: int, sizes: list[int]) -> list[dict]:
+def bench_memory_read(repeats: int, sizes: list[int], design: dict) -> list[dict]:
     """The memorising attention block alone (batch of 128 token sequences): full memory against 256
     prototypes per head, the read that prototype summarisation replaces."""
     rows = []
     x = torch.randn(128, 65, 192)
     for entries in sizes:
         torch.manual_seed(0)
-        model = MemoryViT(3, 64, 8, 8, memory_mode="full", num_prototypes=256).eval()
+        model = MemoryViT(3, 64, 8, 8, memory_mode="full", num_prototypes=256, **design).eval()
         fill(model, entries)
         block = model.memory_layers()[0]
+        # prototypes as the summarise step would leave them (k-means of the stored keys, with label mix)
+        from medmem.memory.editing import refresh_layer_prototypes
+
+        refresh_layer_prototypes(block, "kmeans")
         with torch.no_grad():
             full = timed(lambda: block(x), repeats)
             block.mode = "prototypes"
@@ -122,6 +135,7 @@ def report(result: dict) -> str:
         "",
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']}; torch {result['torch']}, {result['threads']} threads. Medians of {result['repeats']} runs (min-max).",
+        f"Memory design: `{result.get('design', 'first')}` {json.dumps(DESIGNS[result.get('design', 'first')])}.",
         "",
         "## kNN search, top-32, dim 64",
         "",
@@ -141,13 +155,13 @@ def report(result: dict) -> str:
             "",
             "## The memorising block alone (128 sequences of 65 tokens, class-token reads)",
             "",
-            "| memory entries / head | full memory s | 256 prototypes s | no memory s | full / prototypes | memory read: full / prototypes |",
+            "| memory entries / head (images) | full memory s | 256 prototypes s | no memory s | full / prototypes | memory read: full / prototypes |",
             "|---|---|---|---|---|---|",
         ]
         for r in result["memory_read"]:
             f, p, o = r["full"]["median_s"], r["prototypes"]["median_s"], r["off"]["median_s"]
             read = (f - o) / max(p - o, 1e-9)
-            lines.append(f"| {r['entries']} | {f:.4f} | {p:.4f} | {o:.4f} | {f / p:.1f}x | {read:.1f}x |")
+            lines.append(f"| {r['entries']} ({r['entries'] // 65}) | {f:.4f} | {p:.4f} | {o:.4f} | {f / p:.1f}x | {read:.1f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -158,6 +172,7 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--skip-knn", action="store_true")
     p.add_argument("--skip-model", action="store_true")
+    p.add_argument("--design", default="chosen", choices=sorted(DESIGNS))
     args = p.parse_args()
     import sys
 
@@ -167,9 +182,10 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
+        "design": args.design,
         "knn": [] if args.skip_knn else bench_knn(args.repeats),
-        "model": [] if args.skip_model else bench_model(args.repeats, args.sizes),
-        "memory_read": bench_memory_read(args.repeats, args.sizes),
+        "model": [] if args.skip_model else bench_model(args.repeats, args.sizes, DESIGNS[args.design]),
+        "memory_read": bench_memory_read(args.repeats, args.sizes, DESIGNS[args.design]),
     }
     write_json_atomic(result, args.out)
     text = report(result)
