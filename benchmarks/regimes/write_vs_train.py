@@ -168,7 +168,7 @@ def write_markdown(path: Path) -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}). `acc_written`: after writing every other",
         "training case into the memory with no gradient step; `vit_knn_all`: k-NN over the same regime's plain-ViT features",
         "with every training label; `gap_closed`: (acc_written - acc_trained) / (vit100 - acc_trained), vit100 = mean of the",
-        "100% plain-ViT rows of regimes.csv. Prototype columns of session-2 rows predate the k-nearest-prototype fix (docs/design.md).",
+        "100% plain-ViT rows of regimes.csv. The movit_con row (session 2) predates the k-nearest-prototype fix (docs/design.md); movit rows re-measured after it.",
         "`vote w tuned` / `ACC written, tuned w`: the vote weight re-chosen on the validation split after writing",
         "(`medmem memory tune-vote`), full memory; `-`: row made before that column existed.",
         "",
