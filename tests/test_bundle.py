@@ -79,6 +79,12 @@ def test_evaluate_summarize_export_infer(trained, tmp_path):
     bundle("run", ["train.json", "summarize.json"], {**overrides, "summary_epochs": 1})
     summary = json.loads((out / "summary_report.json").read_text())
     assert summary["summary"]["num_prototypes"] == 16 and summary["summary"]["steps"] > 0
+    # the kept prototypes are the better of k-means alone and distilled, on validation
+    kept = summary["prototypes_kept"]
+    assert kept in ("kmeans", "distilled")
+    distilled, kmeans = summary["validation_distilled_prototypes"]["acc"], summary["validation_kmeans_prototypes"]["acc"]
+    assert (distilled >= kmeans) if kept == "distilled" else (distilled < kmeans)
+    assert summary["validation_prototypes"]["acc"] == summary[f"validation_{kept}_prototypes"]["acc"]
     deploy = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert int(deploy["blocks.1.attn.memory.num_rows"]) == 0  # the full memory is not shipped
 

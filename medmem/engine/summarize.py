@@ -33,6 +33,9 @@ def predict_probs(model: torch.nn.Module, batches: Iterable[dict], device: torch
     return np.concatenate(probs), np.concatenate(labels), seconds
 
 
+PROTOTYPE_TENSORS = ("proto_keys", "proto_values", "proto_members", "proto_labels")
+
+
 def summarize_checkpoint(
     network: torch.nn.Module,
     checkpoint: str,
@@ -50,6 +53,8 @@ def summarize_checkpoint(
 ) -> dict:
     """Load a trained full-memory checkpoint, summarise its memory, write the deployable checkpoint.
 
+    Prototypes are the memory's k-means clusters, then distilled (``epochs``); the distilled ones are kept
+    only if their validation accuracy is at least the k-means ones' (``prototypes_kept`` in the report).
     The report (JSON) holds validation ACC/AUC/F1 with the full memory and with the prototypes, their
     difference, and the network time of both on the validation split. A model card ``<output>.json``
     beside the checkpoint (see :func:`write_model_card`) lets ``medmem predict`` use it on its own.
@@ -61,7 +66,18 @@ def summarize_checkpoint(
     probs, labels, full_seconds = predict_probs(network, val_batches, device)
     full = classification_metrics(probs, labels, num_classes)
     memory_ids = network.memory_layers()[0].memory.sample_ids().tolist()
+    # the k-means prototypes alone, then distilled; distillation must earn its place on validation
+    # (on PneumoniaMNIST 10% it lost 5 ACC points that k-means alone kept: docs/design.md)
+    summarize_memory(network, train_batches, num_prototypes, epochs=0, seed=seed, device=device)
+    probs, labels, _ = predict_probs(network, val_batches, device)
+    kmeans = classification_metrics(probs, labels, num_classes)
+    kmeans_state = prototype_state(network)
     summary = summarize_memory(network, train_batches, num_prototypes, epochs=epochs, lr=lr, seed=seed, device=device)
+    probs, labels, _ = predict_probs(network, val_batches, device)
+    distilled = classification_metrics(probs, labels, num_classes)
+    kept = "distilled" if summary.steps > 0 and distilled["acc"] >= kmeans["acc"] else "kmeans"
+    if kept == "kmeans":
+        load_prototype_state(network, kmeans_state)
     drop_full_memory(network)
     probs, labels, proto_seconds = predict_probs(network, val_batches, device)
     proto = classification_metrics(probs, labels, num_classes)
@@ -76,14 +92,28 @@ def summarize_checkpoint(
         "summary": dataclasses.asdict(summary),
         "validation_full_memory": {k: full[k] for k in ("acc", "auc", "f1")},
         "validation_prototypes": {k: proto[k] for k in ("acc", "auc", "f1")},
+        "validation_kmeans_prototypes": {k: kmeans[k] for k in ("acc", "auc", "f1")},
+        "validation_distilled_prototypes": {k: distilled[k] for k in ("acc", "auc", "f1")},
+        "prototypes_kept": kept,
         "delta_acc": proto["acc"] - full["acc"],
         "network_seconds_full": full_seconds,
         "network_seconds_prototypes": proto_seconds,
     }
     write_json_atomic(report, report_path)
     logger.info("prototypes: val ACC %.4f (full memory %.4f); network time %.2fs vs %.2fs", proto["acc"], full["acc"], proto_seconds, full_seconds)
-    print({k: report[k] for k in ("validation_full_memory", "validation_prototypes", "delta_acc")})
+    print({k: report[k] for k in ("validation_full_memory", "validation_prototypes", "delta_acc", "prototypes_kept")})
     return report
+
+
+def prototype_state(network: torch.nn.Module) -> list[dict[str, torch.Tensor]]:
+    """Copies of every memorising layer's prototype tensors (keys, values, members, labels)."""
+    return [{name: getattr(layer, name).detach().clone() for name in PROTOTYPE_TENSORS} for layer in network.memory_layers()]
+
+
+def load_prototype_state(network: torch.nn.Module, state: list[dict[str, torch.Tensor]]) -> None:
+    for layer, saved in zip(network.memory_layers(), state):
+        for name, tensor in saved.items():
+            setattr(layer, name, tensor.clone())
 
 
 def case_table(network: torch.nn.Module, datalist: list[dict], class_names: list[str]) -> dict[str, list]:
