@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from medmem.atomic import write_json_atomic, write_text_atomic
+from medmem.memory.editing import refresh_layer_prototypes
 from medmem.memory.knn import knn_search
 from medmem.networks import MemoryViT
 
@@ -116,8 +117,6 @@ def bench_memory_read(repeats: int, sizes: list[int], design: dict) -> list[dict
         fill(model, entries)
         block = model.memory_layers()[0]
         # prototypes as the summarise step would leave them (k-means of the stored keys, with label mix)
-        from medmem.memory.editing import refresh_layer_prototypes
-
         refresh_layer_prototypes(block, "kmeans")
         with torch.no_grad():
             full = timed(lambda: block(x), repeats)

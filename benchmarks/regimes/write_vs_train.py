@@ -63,7 +63,7 @@ def main() -> None:
         sys.exit("set MEDMEM_DATA_ROOT to the datasets folder")
     import medmem
     from medmem.memory.editing import refresh_layer_prototypes
-    from medmem.memory.vote import choose_vote_weight, head_and_vote, set_vote_weight
+    from medmem.memory.vote import choose_vote_weight, head_and_vote
 
     manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(args.dataset))
     c = len(manifest["classes"])
@@ -93,9 +93,9 @@ def main() -> None:
         trained_w = net.memory_vote
         head, vote = head_and_vote(net, xva)
         tuned_w, _ = choose_vote_weight(head, vote, torch.as_tensor(yva))
-        set_vote_weight(net, tuned_w)
+        net.set_memory_vote(tuned_w)
         tuned = evaluate(net, xte, yte, c)
-        set_vote_weight(net, trained_w)
+        net.set_memory_vote(trained_w)
         for layer in net.memory_layers():
             refresh_layer_prototypes(layer, "kmeans", args.seed)
         net.set_memory_mode("prototypes")

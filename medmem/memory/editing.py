@@ -172,7 +172,7 @@ class ModelDirectory:
         """Re-choose the memory vote's weight w on labelled held-out cases (``{"image": tensor ready for
         the network, "label": int}``), e.g. after ``add`` wrote many cases. Returns ``{"weight",
         "previous", "cases", "scores": {w: {"acc", "nll"}}}``; ``save`` then writes the new w."""
-        from medmem.memory.vote import choose_vote_weight, head_and_vote, set_vote_weight
+        from medmem.memory.vote import choose_vote_weight, head_and_vote
 
         if not items:
             raise MemoryEditError("no labelled cases to choose the vote weight on")
@@ -181,8 +181,7 @@ class ModelDirectory:
         weight, scores = choose_vote_weight(head, vote, torch.tensor([int(it["label"]) for it in items]))
         previous = self.network.memory_vote
         before = self.checksum()
-        set_vote_weight(self.network, weight)
-        self.card["network"]["memory_vote"] = weight
+        self.network.set_memory_vote(weight)  # saved with the model card by save()
         self._audit("tune_vote", [], before, extra={"vote_weight": weight, "previous": previous, "held_out_cases": len(items)})
         return {"weight": weight, "previous": previous, "cases": len(items), "scores": scores}
 

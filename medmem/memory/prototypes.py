@@ -68,7 +68,7 @@ def kmeans_prototypes(
     row_ids = memory.row_ids[: memory.num_written]
     for head in range(h):
         x = memory.keys[head, entries].float().contiguous()
-        if n <= num_prototypes:  # the memory fits: each entry is its own prototype (exact; k-means would merge some)
+        if n <= num_prototypes:  # the memory fits: each entry is its own prototype (exact; nothing to cluster)
             centroids, assign_t = x, torch.arange(n)
         else:
             km = faiss.Kmeans(dh, p, niter=20, seed=seed + head, spherical=True, verbose=False, min_points_per_centroid=1)

@@ -61,13 +61,3 @@ def choose_vote_weight(head: torch.Tensor, vote: torch.Tensor, labels: torch.Ten
         scores[float(w)] = {"acc": acc, "nll": nll}
     best = max(scores, key=lambda w: (scores[w]["acc"], -scores[w]["nll"]))
     return best, scores
-
-
-def set_vote_weight(network, weight: float) -> None:
-    """Make ``network`` output ``log((1 - w) softmax(head) + w vote)`` from now on (and save it so)."""
-    if not 0.0 <= weight < 1.0:
-        raise ValueError(f"the vote weight must be in [0, 1), got {weight}")
-    network.memory_vote = float(weight)
-    network.config["memory_vote"] = float(weight)
-    for layer in network.memory_layers():
-        layer.compute_vote = weight > 0

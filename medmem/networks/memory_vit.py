@@ -115,11 +115,8 @@ class MemoryViT(nn.Module):
             "memory_match": memory_match, "memory_retrieval": memory_retrieval, "memory_vote": memory_vote,
             "memory_vote_training": memory_vote_training,
         }  # fmt: skip
-        if not 0.0 <= memory_vote < 1.0:
-            raise ValueError(f"memory_vote must be in [0, 1), got {memory_vote}")
         if memory_vote_training not in VOTE_TRAINING:
             raise ValueError(f"memory_vote_training must be one of {VOTE_TRAINING}, got {memory_vote_training!r}")
-        self.memory_vote = float(memory_vote)
         self.memory_vote_training = memory_vote_training
         # the last training forward's memory vote (B, C), set only with memory_vote_training="separate"
         self.train_vote: Optional[torch.Tensor] = None
@@ -144,8 +141,7 @@ class MemoryViT(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_size)
         self.classification_head = nn.Linear(hidden_size, num_classes)
-        for layer in self.memory_layers():
-            layer.compute_vote = self.memory_vote > 0
+        self.set_memory_vote(memory_vote)
         self.register_buffer("memory_fingerprint", torch.tensor(list(bytes.fromhex(self.fingerprint())), dtype=torch.uint8))
 
     # ------------------------------------------------------------------------------------- forward
@@ -179,6 +175,17 @@ class MemoryViT(nn.Module):
     # -------------------------------------------------------------------------------------- memory
     def memory_layers(self) -> List[MemorySABlock]:
         return [b.attn for b in self.blocks if isinstance(b.attn, MemorySABlock)]
+
+    @torch.jit.unused
+    def set_memory_vote(self, weight: float) -> None:
+        """Output ``log((1 - w) softmax(logits) + w vote)`` from now on (w = 0: plain logits); kept in
+        ``config`` so a saved model card carries it. The layers compute the vote only when it is used."""
+        if not 0.0 <= weight < 1.0:
+            raise ValueError(f"memory_vote must be in [0, 1), got {weight}")
+        self.memory_vote = float(weight)
+        self.config["memory_vote"] = float(weight)
+        for layer in self.memory_layers():
+            layer.compute_vote = weight > 0
 
     @torch.jit.unused
     def clear_transient(self) -> None:
