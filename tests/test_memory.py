@@ -370,3 +370,28 @@ def test_a_memory_that_fits_in_the_prototype_budget_is_kept_exactly():
     torch.testing.assert_close(model(probe), full, rtol=1e-4, atol=1e-5)
     layer = model.memory_layers()[0]
     assert sorted(layer.proto_members[0, :12, 0].tolist()) == list(range(12))
+
+
+def test_distillation_can_start_from_the_prototypes_already_made():
+    """``init="current"`` distils the layer's present prototypes (the k-means ones the summarise step has
+    already scored) instead of clustering again: with no step they come back unchanged, whereas k-means
+    would replace them; a different budget is refused."""
+    from medmem.memory.prototypes import summarize_memory
+
+    model = tiny_vit(memory_match="same_token", memory_retrieval="key", memory_vote=0.5, num_prototypes=4).eval()
+    g = torch.Generator().manual_seed(5)
+    x, y, ids = torch.randn(12, 1, 16, 16, generator=g), torch.arange(12) % 3, torch.arange(12)
+    model.write_memory(x, ids, y)
+    batches = [{"image": x, "label": y, "sample_id": ids}]
+    summarize_memory(model, batches, epochs=0)
+    layer = model.memory_layers()[0]
+    marked = torch.nn.functional.normalize(torch.randn(layer.proto_keys.shape, generator=g), dim=-1)
+    layer.proto_keys = marked.clone()
+    summarize_memory(model, batches, epochs=0, init="current")
+    torch.testing.assert_close(layer.proto_keys, marked)
+    summarize_memory(model, batches, epochs=0)
+    assert not torch.allclose(layer.proto_keys, marked)
+    report = summarize_memory(model, batches, epochs=1, init="current")
+    assert report.steps == 1
+    with pytest.raises(ValueError, match="needs 6 prototypes"):
+        summarize_memory(model, batches, num_prototypes=6, epochs=0, init="current")

@@ -61,26 +61,12 @@ def summarize_checkpoint(
     """
     network.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
     network.to(device)
-    network.set_memory_mode("full")
-    num_classes = network.config["num_classes"]
-    probs, labels, full_seconds = predict_probs(network, val_batches, device)
-    full = classification_metrics(probs, labels, num_classes)
+    chosen = choose_prototypes(network, train_batches, val_batches, num_prototypes, epochs, lr, seed, device)
     memory_ids = network.memory_layers()[0].memory.sample_ids().tolist()
-    # the k-means prototypes alone, then distilled; distillation must earn its place on validation
-    # (on PneumoniaMNIST 10% it lost 5 ACC points that k-means alone kept: docs/design.md)
-    summarize_memory(network, train_batches, num_prototypes, epochs=0, seed=seed, device=device)
-    probs, labels, _ = predict_probs(network, val_batches, device)
-    kmeans = classification_metrics(probs, labels, num_classes)
-    kmeans_state = prototype_state(network)
-    summary = summarize_memory(network, train_batches, num_prototypes, epochs=epochs, lr=lr, seed=seed, device=device)
-    probs, labels, _ = predict_probs(network, val_batches, device)
-    distilled = classification_metrics(probs, labels, num_classes)
-    kept = "distilled" if summary.steps > 0 and distilled["acc"] >= kmeans["acc"] else "kmeans"
-    if kept == "kmeans":
-        load_prototype_state(network, kmeans_state)
     drop_full_memory(network)
     probs, labels, proto_seconds = predict_probs(network, val_batches, device)
-    proto = classification_metrics(probs, labels, num_classes)
+    proto = classification_metrics(probs, labels, network.config["num_classes"])
+    full, kmeans, distilled = chosen["full"], chosen["kmeans"], chosen["distilled"]
     training_cases = case_table(network, training_datalist or [], class_names or [])
     write_json_atomic({"cases": memory_case_table(memory_ids, training_datalist or [], class_names or [])}, Path(output_path).parent / "memory_cases.json")
     torch_save_atomic(network.state_dict(), output_path)
@@ -89,20 +75,56 @@ def summarize_checkpoint(
     report = {
         "checkpoint": str(checkpoint),
         "deployable": str(output_path),
-        "summary": dataclasses.asdict(summary),
+        "summary": dataclasses.asdict(chosen["summary"]),
         "validation_full_memory": {k: full[k] for k in ("acc", "auc", "f1")},
         "validation_prototypes": {k: proto[k] for k in ("acc", "auc", "f1")},
         "validation_kmeans_prototypes": {k: kmeans[k] for k in ("acc", "auc", "f1")},
         "validation_distilled_prototypes": {k: distilled[k] for k in ("acc", "auc", "f1")},
-        "prototypes_kept": kept,
+        "prototypes_kept": chosen["kept"],
         "delta_acc": proto["acc"] - full["acc"],
-        "network_seconds_full": full_seconds,
+        "network_seconds_full": chosen["full_seconds"],
         "network_seconds_prototypes": proto_seconds,
     }
     write_json_atomic(report, report_path)
-    logger.info("prototypes: val ACC %.4f (full memory %.4f); network time %.2fs vs %.2fs", proto["acc"], full["acc"], proto_seconds, full_seconds)
+    logger.info("prototypes: val ACC %.4f (full memory %.4f); network time %.2fs vs %.2fs", proto["acc"], full["acc"], proto_seconds, chosen["full_seconds"])
     print({k: report[k] for k in ("validation_full_memory", "validation_prototypes", "delta_acc", "prototypes_kept")})
     return report
+
+
+def choose_prototypes(
+    network: torch.nn.Module,
+    train_batches: Iterable[dict],
+    val_batches: Iterable[dict],
+    num_prototypes: int,
+    epochs: int = 3,
+    lr: float = 1e-2,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Make ``num_prototypes`` prototypes for a trained full-memory network and keep the better of two.
+
+    k-means prototypes first, then distilled from them; the distilled ones are kept only if their
+    validation accuracy is at least the k-means ones' (on PneumoniaMNIST 10% distillation lost 5 ACC
+    points that k-means alone kept: docs/design.md). The network ends in ``prototypes`` mode with the
+    kept prototypes and its full memory still present. Returns validation metrics ``full``, ``kmeans``,
+    ``distilled``, the ``kept`` choice, the distillation ``summary`` and ``full_seconds`` (network time).
+    """
+    network.set_memory_mode("full")
+    num_classes = network.config["num_classes"]
+    probs, labels, full_seconds = predict_probs(network, val_batches, device)
+    full = classification_metrics(probs, labels, num_classes)
+    summarize_memory(network, train_batches, num_prototypes, epochs=0, seed=seed, device=device)
+    probs, labels, _ = predict_probs(network, val_batches, device)
+    kmeans = classification_metrics(probs, labels, num_classes)
+    kmeans_state = prototype_state(network)
+    network.set_memory_mode("full")  # distillation's targets are the full memory's outputs
+    summary = summarize_memory(network, train_batches, num_prototypes, epochs=epochs, lr=lr, seed=seed, device=device, init="current")
+    probs, labels, _ = predict_probs(network, val_batches, device)
+    distilled = classification_metrics(probs, labels, num_classes)
+    kept = "distilled" if summary.steps > 0 and distilled["acc"] >= kmeans["acc"] else "kmeans"
+    if kept == "kmeans":
+        load_prototype_state(network, kmeans_state)
+    return {"full": full, "kmeans": kmeans, "distilled": distilled, "kept": kept, "summary": summary, "full_seconds": full_seconds}
 
 
 def prototype_state(network: torch.nn.Module) -> list[dict[str, torch.Tensor]]:

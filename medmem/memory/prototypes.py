@@ -149,13 +149,18 @@ def summarize_memory(
     ce_weight: float = 0.1,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    init: str = "kmeans",
 ) -> SummaryReport:
     """Distil every memorising layer of ``model`` (a :class:`~medmem.networks.MemoryViT` in ``full``
     mode with a written memory) into prototypes, in place; returns what happened.
 
     ``batches`` yields dicts with ``image`` (B, C, ...), ``label`` (B,) and ``sample_id`` (B,), e.g. a
     DataLoader over the training split with evaluation transforms. It is iterated ``epochs`` times.
+    ``init="current"`` starts from the layers' present prototypes (e.g. k-means ones already made and
+    scored) instead of running k-means again.
     """
+    if init not in ("kmeans", "current"):
+        raise ValueError(f"init must be 'kmeans' or 'current', got {init!r}")
     layers = model.memory_layers()
     if not layers:
         raise ValueError("model has no memorising layer")
@@ -166,6 +171,10 @@ def summarize_memory(
     p_count = num_prototypes or layers[0].proto_keys.shape[1]
     mem_samples, mem_entries = layers[0].memory.num_written, layers[0].memory.num_entries
     for layer in layers:
+        if init == "current":
+            if layer.proto_keys.shape[1] != p_count:
+                raise ValueError(f"init='current' needs {p_count} prototypes per head; the layer has {layer.proto_keys.shape[1]}")
+            continue
         keys, values, members = kmeans_prototypes(layer.memory, p_count, seed, value_offsets=label_value_offsets(layer), token=0 if layer.same_token else None)
         layer.proto_keys = keys.to(device)
         layer.proto_values = values.to(device)
