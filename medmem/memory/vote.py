@@ -41,7 +41,7 @@ def head_and_vote(network, images: torch.Tensor, batch_size: int = 256) -> tuple
 
 
 def fused(head: torch.Tensor, vote: torch.Tensor, weight: float) -> torch.Tensor:
-    """(N, C) probabilities ``(1 - w) head + w vote``, as the model's output (before its log)."""
+    """(N, C) probabilities ``(1 - w) head + w vote``: MemoryViT's output before its log (TorchScript-able)."""
     return (1.0 - weight) * head + weight * vote
 
 

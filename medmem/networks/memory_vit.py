@@ -18,6 +18,7 @@ from monai.networks.blocks import PatchEmbeddingBlock
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
+from medmem.memory.vote import fused
 from medmem.networks.memory_attention import MEMORY_MODES, MemorySABlock, MemoryTransformerBlock, ViTBlock
 
 # Settings that shape the memory: a memory saved under one of these cannot serve another.
@@ -168,7 +169,7 @@ class MemoryViT(nn.Module):
                 self.train_vote = vote
                 return logits
             if vote is not None:
-                probs = (1.0 - self.memory_vote) * torch.softmax(logits, dim=-1) + self.memory_vote * vote
+                probs = fused(torch.softmax(logits, dim=-1), vote, self.memory_vote)
                 return torch.log(probs.clamp(min=1e-8))
         return logits
 
