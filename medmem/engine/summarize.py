@@ -117,7 +117,6 @@ def choose_prototypes(
     probs, labels, _ = predict_probs(network, val_batches, device)
     kmeans = classification_metrics(probs, labels, num_classes)
     kmeans_state = prototype_state(network)
-    network.set_memory_mode("full")  # distillation's targets are the full memory's outputs
     summary = summarize_memory(network, train_batches, num_prototypes, epochs=epochs, lr=lr, seed=seed, device=device, init="current")
     probs, labels, _ = predict_probs(network, val_batches, device)
     distilled = classification_metrics(probs, labels, num_classes)
