@@ -11,7 +11,7 @@ import pytest
 from medmem.cli import main as cli_main
 from medmem.data.manifest import SPLITS, Candidate, build_manifest, check_manifest, load_manifest, make_regimes
 
-SHIPPED = ["pbc_blood_cells_96", "brain_tumor_mri", "pneumoniamnist", "lc25000_64"]
+SHIPPED = ["pbc_blood_cells_96", "brain_tumor_mri", "brain_tumor_mri_training", "pneumoniamnist", "lc25000_64"]
 MANIFEST_DIR = Path(__file__).resolve().parent.parent / "data_manifests"
 
 

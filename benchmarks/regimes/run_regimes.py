@@ -35,6 +35,7 @@ DATASETS = {
     "pbc_blood_cells_96": {"image_size": 64, "patch_size": 8, "in_channels": 3, "rotate90": True},
     "lc25000_64": {"image_size": 64, "patch_size": 8, "in_channels": 3, "rotate90": True},
     "brain_tumor_mri": {"image_size": 64, "patch_size": 8, "in_channels": 1, "rotate90": False},
+    "brain_tumor_mri_training": {"image_size": 64, "patch_size": 8, "in_channels": 1, "rotate90": False},
     "pneumoniamnist": {"image_size": 28, "patch_size": 4, "in_channels": 1, "rotate90": False},
 }
 # optimiser steps per regime (percent of the training split): the same for every network

@@ -13,9 +13,10 @@ from medmem.data.manifest import (
     scan_csv,
     scan_npz,
 )
+from medmem.data.near_duplicates import DEFAULT_THRESHOLD, group_near_duplicates
 
 DEFAULT_FRACTIONS = {"training": 0.7, "validation": 0.1, "test": 0.2}
-RECIPES = ("pbc_blood_cells_96", "brain_tumor_mri", "pneumoniamnist", "lc25000_64")
+RECIPES = ("pbc_blood_cells_96", "brain_tumor_mri", "brain_tumor_mri_training", "pneumoniamnist", "lc25000_64")
 
 
 def build_recipe(name: str, data_root: Path, seed: int = 0) -> tuple[dict, BuildReport]:
@@ -30,6 +31,10 @@ def build_recipe(name: str, data_root: Path, seed: int = 0) -> tuple[dict, Build
             data_root, f"{name}/Testing", "test"
         )
         fractions = None
+    elif name == "brain_tumor_mri_training":
+        # the Training folder alone, split 70/10/20: the official Testing folder is drawn unlike it
+        # (benchmarks/results/split_shift_brain_tumor_mri.md); near-duplicates are grouped below
+        candidates = scan_class_folders(data_root, "brain_tumor_mri/Training")
     elif name == "pneumoniamnist":
         class_names = ["normal", "pneumonia"]
         candidates, _ = scan_npz(data_root, f"{name}/pneumoniamnist.npz", class_names)
@@ -42,7 +47,15 @@ def build_recipe(name: str, data_root: Path, seed: int = 0) -> tuple[dict, Build
     if report.errors:
         lines = "\n".join(f"  {e['image']}: {e['reason']}" for e in report.errors)
         raise ManifestError(f"{len(report.errors)} unreadable file(s):\n{lines}")
+    grouped = 0
+    if name == "brain_tumor_mri_training":  # no patient ids: group re-saved copies and adjacent slices
+        grouped = group_near_duplicates(data_root, candidates)
     manifest = build_manifest(name, candidates, fractions=fractions, seed=seed, class_names=class_names, report=report)
+    if grouped:
+        manifest["split_policy"] += (
+            f"; {grouped} images in near-duplicate groups (64 px grey thumbnails closer than "
+            f"{DEFAULT_THRESHOLD} mean absolute difference: re-saved copies, adjacent slices) kept within one split"
+        )
     return manifest, report
 
 
