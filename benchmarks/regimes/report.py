@@ -28,7 +28,11 @@ DATASET_NOTES = {
     "from its test images with cross-validated AUC 0.77-0.93 "
     "([split_shift_brain_tumor_mri.md](split_shift_brain_tumor_mri.md), `python benchmarks/regimes/split_shift.py`). "
     "Test ACC near or below chance (0.25) for every model measures this shift, not what was learnt; the validation "
-    "split (carved from Training) is in-distribution.",
+    "split (carved from Training) is in-distribution; `brain_tumor_mri_training` below is the dataset on a split "
+    "that is.",
+    "brain_tumor_mri_training": "The Training folder alone, split 70/10/20 with re-saved copies and adjacent slices "
+    "grouped into one split (data_manifests/README.md); slices of one patient further apart can still fall in different "
+    "splits (the dataset has no patient identifiers), so this measures learning from few images of one source.",
 }
 
 
