@@ -65,6 +65,9 @@ NETWORKS = {
     "movit_block4": {**MOVIT, "memory_blocks": [-2]},  # the memorising block one below the top
     "movit_k8": {**MOVIT, "memory_k": 8},
     "movit_k128": {**MOVIT, "memory_k": 128},
+    # convolutional stem (strided 3x3 convolutions make the patch tokens): the same pair, more CNN prior
+    "vit_cs": {"memory_mode": "off", "stem": "conv"},
+    "movit_cs": {**MOVIT, "stem": "conv"},
     "resnet18": {"memory_mode": "off", "network_def#_target_": "medmem.networks.ResNetClassifier"},  # CNN reference
 }
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_regimes import DATASETS, NETWORKS, REPO, load_arrays, read_rows  # noqa: E402
 
 COLUMNS = ["dataset", "network", "regime", "seed", "trained_images", "written_images", "write_s", "acc_trained", "acc_written", "acc_written_proto", "acc_written_assign", "auc_trained", "auc_written", "vit_knn_all_acc", "vit100_acc", "gap_closed", "vote_w_tuned", "acc_written_tuned", "gap_closed_tuned"]
-NET_KEYS = ("memory_vote", "memory_mode", "memory_match", "memory_retrieval", "memory_labels", "memory_k", "atma_momentum", "combiner", "memory_blocks", "memory_queries", "memory_vote_training")
+NET_KEYS = ("memory_vote", "memory_mode", "memory_match", "memory_retrieval", "memory_labels", "memory_k", "atma_momentum", "combiner", "memory_blocks", "memory_queries", "memory_vote_training", "stem")
 
 
 def build(dataset: str, network: str, num_classes: int):

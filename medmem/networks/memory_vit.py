@@ -19,11 +19,13 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from medmem.memory.vote import fused
+from medmem.networks.conv_stem import ConvStemEmbedding
 from medmem.networks.memory_attention import MEMORY_MODES, MemorySABlock, MemoryTransformerBlock, ViTBlock
 
 # Settings that shape the memory: a memory saved under one of these cannot serve another.
 VOTE_TRAINING = ("fused", "separate")
-FINGERPRINT_KEYS = ("in_channels", "img_size", "patch_size", "spatial_dims", "hidden_size", "num_heads", "num_layers", "memory_blocks")
+STEMS = ("patch", "conv")
+FINGERPRINT_KEYS = ("in_channels", "img_size", "patch_size", "spatial_dims", "hidden_size", "num_heads", "num_layers", "memory_blocks", "stem")
 
 
 class MemoryViT(nn.Module):
@@ -58,6 +60,9 @@ class MemoryViT(nn.Module):
             (0 = plain logits). Training through it teaches the memory attention to find same-class
             images (as in neighbourhood component analysis) even once the rest of the network fits
             its training images, and labelled cases written later change predictions directly.
+        stem: how patch tokens are made: ``patch`` (one linear projection per patch, as MONAI's ViT) or
+            ``conv`` (strided 3x3 convolutions, :class:`~medmem.networks.conv_stem.ConvStemEmbedding`;
+            needs a power-of-two patch size).
         memory_vote_training: how the vote is trained. ``fused``: through the fused output above.
             ``separate``: in training mode the model returns the head's own logits and keeps the vote in
             ``train_vote`` (B, C), which ``medmem.engine.MemoryAwareLoss`` scores with its own
@@ -95,6 +100,7 @@ class MemoryViT(nn.Module):
         memory_retrieval: str = "query",
         memory_vote: float = 0.0,
         memory_vote_training: str = "fused",
+        stem: str = "patch",
     ) -> None:
         super().__init__()
         if memory_mode not in MEMORY_MODES:
@@ -114,7 +120,7 @@ class MemoryViT(nn.Module):
             "combiner": combiner, "num_prototypes": num_prototypes, "memory_queries": memory_queries,
             "memory_backend": memory_backend, "memory_dtype": memory_dtype, "memory_labels": memory_labels,
             "memory_match": memory_match, "memory_retrieval": memory_retrieval, "memory_vote": memory_vote,
-            "memory_vote_training": memory_vote_training,
+            "memory_vote_training": memory_vote_training, "stem": stem,
         }  # fmt: skip
         if memory_vote_training not in VOTE_TRAINING:
             raise ValueError(f"memory_vote_training must be one of {VOTE_TRAINING}, got {memory_vote_training!r}")
@@ -122,11 +128,16 @@ class MemoryViT(nn.Module):
         # the last training forward's memory vote (B, C), set only with memory_vote_training="separate"
         self.train_vote: Optional[torch.Tensor] = None
         self.tokens = int(np.prod([i // p for i, p in zip(img_size, patch_size)])) + 1
-        self.patch_embedding = PatchEmbeddingBlock(
-            in_channels=in_channels, img_size=img_size, patch_size=patch_size, hidden_size=hidden_size,
-            num_heads=num_heads, proj_type="conv", pos_embed_type="learnable", dropout_rate=dropout_rate,
-            spatial_dims=spatial_dims,
-        )  # fmt: skip
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if stem == "conv":
+            self.patch_embedding = ConvStemEmbedding(in_channels, img_size, patch_size, hidden_size, spatial_dims, dropout_rate)
+        else:
+            self.patch_embedding = PatchEmbeddingBlock(
+                in_channels=in_channels, img_size=img_size, patch_size=patch_size, hidden_size=hidden_size,
+                num_heads=num_heads, proj_type="conv", pos_embed_type="learnable", dropout_rate=dropout_rate,
+                spatial_dims=spatial_dims,
+            )  # fmt: skip
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         memory_kwargs = dict(
             mode=memory_mode, k=memory_k, momentum=atma_momentum, combiner=combiner, num_prototypes=num_prototypes,
@@ -231,7 +242,10 @@ class MemoryViT(nn.Module):
 
     def fingerprint(self) -> str:
         """sha256 of the settings that shape the memory (not mode, k or combiner)."""
-        blob = json.dumps({k: self.config[k] for k in FINGERPRINT_KEYS}, sort_keys=True).encode()
+        settings = {k: self.config[k] for k in FINGERPRINT_KEYS}
+        if settings["stem"] == "patch":  # the stem came later: checkpoints made before it keep their fingerprint
+            del settings["stem"]
+        blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
