@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import DATASETS, REPO, load_arrays  # noqa: E402
+from run_regimes import DATASETS, REPO, load_arrays, require_data_root  # noqa: E402
 from write_vs_train import build  # noqa: E402
 
 
@@ -53,8 +53,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--root", default=str(REPO / "runs" / "regimes"))
     args = p.parse_args()
-    if not os.environ.get("MEDMEM_DATA_ROOT"):
-        sys.exit("set MEDMEM_DATA_ROOT to the datasets folder")
+    require_data_root()
     import medmem
     from medmem.atomic import write_text_atomic
     from medmem.memory.vote import fused, head_and_vote

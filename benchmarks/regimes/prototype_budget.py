@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import BATCH, DATASETS, NETWORKS, REPO, STEPS, append_row, read_rows  # noqa: E402
+from run_regimes import BATCH, DATASETS, NETWORKS, REPO, STEPS, append_row, read_rows, require_data_root  # noqa: E402
 from write_vs_train import build  # noqa: E402
 
 
@@ -54,8 +53,7 @@ def main() -> None:
     p.add_argument("--runs", default=str(REPO / "runs" / "regimes"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ablations.csv"))
     args = p.parse_args()
-    if not os.environ.get("MEDMEM_DATA_ROOT"):
-        sys.exit("set MEDMEM_DATA_ROOT to the datasets folder")
+    require_data_root()
     import medmem
     from medmem.engine.metrics import classification_metrics
     from medmem.engine.summarize import choose_prototypes, predict_probs

@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -70,6 +69,16 @@ NETWORKS = {
     "movit_cs": {**MOVIT, "stem": "conv"},
     "resnet18": {"memory_mode": "off", "network_def#_target_": "medmem.networks.ResNetClassifier"},  # CNN reference
 }
+
+
+def require_data_root() -> None:
+    """Exit with the reason unless the datasets folder is found (every study script reads it)."""
+    from medmem.paths import resolve_data_root
+
+    try:
+        resolve_data_root()
+    except FileNotFoundError as exc:
+        sys.exit(str(exc))
 
 
 def bundle(configs: list[str], overrides: dict, log: Path) -> None:
@@ -212,8 +221,7 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "regimes.csv"))
     p.add_argument("--runs", default=str(REPO / "runs" / "regimes"), help="where checkpoints and logs go")
     args = p.parse_args()
-    if not os.environ.get("MEDMEM_DATA_ROOT"):
-        sys.exit("set MEDMEM_DATA_ROOT to the datasets folder")
+    require_data_root()
     import medmem
 
     manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(args.dataset))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import DATASETS, REPO  # noqa: E402
+from run_regimes import DATASETS, REPO, require_data_root  # noqa: E402
 
 SPLITS = ("training", "validation", "test")
 
@@ -31,8 +31,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=28, help="side of the downsampled pixels for the split classifier")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    if not os.environ.get("MEDMEM_DATA_ROOT"):
-        sys.exit("set MEDMEM_DATA_ROOT to the datasets folder")
+    require_data_root()
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import DATASETS, REPO, load_arrays  # noqa: E402
+from run_regimes import DATASETS, REPO, load_arrays, require_data_root  # noqa: E402
 from write_vs_train import build  # noqa: E402
 
 WEIGHTS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -41,8 +41,7 @@ def main() -> None:
     p.add_argument("--root", default=str(REPO / "runs" / "regimes"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "write_bound.md"))
     args = p.parse_args()
-    if not os.environ.get("MEDMEM_DATA_ROOT"):
-        sys.exit("set MEDMEM_DATA_ROOT to the datasets folder")
+    require_data_root()
     from sklearn.neighbors import KNeighborsClassifier
 
     import medmem

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import DATASETS, NETWORKS, REPO, load_arrays, read_rows  # noqa: E402
+from run_regimes import DATASETS, NETWORKS, REPO, load_arrays, read_rows, require_data_root  # noqa: E402
 
 COLUMNS = ["dataset", "network", "regime", "seed", "trained_images", "written_images", "write_s", "acc_trained", "acc_written", "acc_written_proto", "acc_written_assign", "auc_trained", "auc_written", "vit_knn_all_acc", "vit100_acc", "gap_closed", "vote_w_tuned", "acc_written_tuned", "gap_closed_tuned"]
 NET_KEYS = ("memory_vote", "memory_mode", "memory_match", "memory_retrieval", "memory_labels", "memory_k", "atma_momentum", "combiner", "memory_blocks", "memory_queries", "memory_vote_training", "stem")
@@ -59,8 +59,7 @@ def main() -> None:
     p.add_argument("--runs", default=str(REPO / "runs" / "regimes"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "write_vs_train.csv"))
     args = p.parse_args()
-    if not os.environ.get("MEDMEM_DATA_ROOT"):
-        sys.exit("set MEDMEM_DATA_ROOT to the datasets folder")
+    require_data_root()
     import medmem
     from medmem.memory.editing import refresh_layer_prototypes
     from medmem.memory.vote import choose_vote_weight, head_and_vote
