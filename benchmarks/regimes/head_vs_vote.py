@@ -16,34 +16,22 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import mean_std  # noqa: E402
 from run_regimes import DATASETS, REPO, load_arrays, require_data_root  # noqa: E402
-from write_vs_train import build  # noqa: E402
-
-
-def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((probs.argmax(-1) == labels).float().mean())
+from write_bound import accuracy  # noqa: E402
+from write_vs_train import build, evaluate  # noqa: E402
 
 
 def load(dataset: str, network: str, run_dir: Path, num_classes: int):
     net = build(dataset, network, num_classes)
     net.load_state_dict(torch.load(run_dir / "models" / "model_full.pt", map_location="cpu", weights_only=True))
     return net.eval()
-
-
-@torch.no_grad()
-def plain_accuracy(net, x: torch.Tensor, y: torch.Tensor) -> float:
-    return accuracy(torch.cat([net(x[i : i + 256]) for i in range(0, len(x), 256)]), y)
-
-
-def mean_sd(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
 
 
 def main() -> None:
@@ -69,7 +57,7 @@ def main() -> None:
             if not all((r / "models" / "model_full.pt").exists() for r in runs.values()):
                 print(f"skip regime {regime} seed {seed}: a trained run is missing", file=sys.stderr)
                 continue
-            vit_acc = plain_accuracy(load(args.dataset, "vit", runs["vit"], c), x, y)
+            vit_acc = evaluate(load(args.dataset, "vit", runs["vit"], c), x, y.numpy(), c)["acc"]
             movit = load(args.dataset, "movit", runs["movit"], c)
             head, vote = head_and_vote(movit, x)
             row = [vit_acc, accuracy(head, y), accuracy(vote, y), accuracy(fused(head, vote, movit.memory_vote), y)]
@@ -94,7 +82,7 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for regime, values in by_regime.items():
-        cols = [mean_sd([v[i] for v in values]) for i in range(4)]
+        cols = [mean_std([v[i] for v in values]) for i in range(4)]
         lines.append(f"| {regime} | {len(values)} | " + " | ".join(cols) + " |")
     out = REPO / "benchmarks" / "results" / f"head_vs_vote_{args.dataset}.md"
     write_text_atomic("\n".join(lines) + "\n", out)

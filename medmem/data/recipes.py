@@ -24,6 +24,7 @@ def build_recipe(name: str, data_root: Path, seed: int = 0) -> tuple[dict, Build
     report = BuildReport()
     class_names = None
     fractions: dict[str, float] | None = DEFAULT_FRACTIONS
+    near_duplicates = False  # group re-saved copies and adjacent slices where no patient ids exist
     if name == "pbc_blood_cells_96":
         candidates = scan_class_folders(data_root, name)
     elif name == "brain_tumor_mri":
@@ -35,6 +36,7 @@ def build_recipe(name: str, data_root: Path, seed: int = 0) -> tuple[dict, Build
         # the Training folder alone, split 70/10/20: the official Testing folder is drawn unlike it
         # (benchmarks/results/split_shift_brain_tumor_mri.md); near-duplicates are grouped below
         candidates = scan_class_folders(data_root, "brain_tumor_mri/Training")
+        near_duplicates = True
     elif name == "pneumoniamnist":
         class_names = ["normal", "pneumonia"]
         candidates, _ = scan_npz(data_root, f"{name}/pneumoniamnist.npz", class_names)
@@ -47,9 +49,7 @@ def build_recipe(name: str, data_root: Path, seed: int = 0) -> tuple[dict, Build
     if report.errors:
         lines = "\n".join(f"  {e['image']}: {e['reason']}" for e in report.errors)
         raise ManifestError(f"{len(report.errors)} unreadable file(s):\n{lines}")
-    grouped = 0
-    if name == "brain_tumor_mri_training":  # no patient ids: group re-saved copies and adjacent slices
-        grouped = group_near_duplicates(data_root, candidates)
+    grouped = group_near_duplicates(data_root, candidates) if near_duplicates else 0
     manifest = build_manifest(name, candidates, fractions=fractions, seed=seed, class_names=class_names, report=report)
     if grouped:
         manifest["split_policy"] += (
