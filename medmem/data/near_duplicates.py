@@ -19,7 +19,8 @@ from medmem.data.manifest import Candidate
 
 # mean absolute difference of 64 px grey thumbnails scaled to [0, 1]; 0.02 is about 5 grey levels of
 # 255: measured on brain_tumor_mri/Training it links re-saved copies and adjacent slices while the
-# largest group stays a handful of images (a looser 0.03 starts chaining distinct scans together)
+# largest group stays a handful of images (a looser 0.03 starts chaining distinct scans together):
+# benchmarks/results/near_duplicate_threshold.md
 DEFAULT_THRESHOLD = 0.02
 THUMBNAIL_SIZE = 64
 
