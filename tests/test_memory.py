@@ -395,3 +395,23 @@ def test_distillation_can_start_from_the_prototypes_already_made():
     assert report.steps == 1
     with pytest.raises(ValueError, match="needs 6 prototypes"):
         summarize_memory(model, batches, num_prototypes=6, epochs=0, init="current")
+
+
+def test_vote_combiner_keeps_features_and_reads_only_labels():
+    """``combiner="vote"``: the class token's features are those of the same weights with no memory,
+    whatever the memory holds; the memory reaches the output only through the label vote."""
+    model = tiny_vit(memory_match="same_token", memory_retrieval="key", memory_vote=0.5, combiner="vote").eval()
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(8, 1, 16, 16, generator=g), torch.arange(8) % 3
+    plain = tiny_vit(memory_mode="off")  # same seed: same weights
+    plain.load_state_dict(model.state_dict(), strict=False)
+    plain.eval()
+    model.write_memory(x, torch.arange(8), y)
+    torch.testing.assert_close(model.forward_features(x[:3]), plain.forward_features(x[:3]))
+    layer = model.memory_layers()[0]
+    fused = model(x[:3]).exp()
+    head = torch.softmax(plain(x[:3]), -1)
+    torch.testing.assert_close(fused, 0.5 * head + 0.5 * layer.last_vote)
+    assert (fused - head).abs().max() > 1e-3  # the vote does move the output
+    with pytest.raises(ValueError, match="memory_vote > 0"):
+        tiny_vit(combiner="vote")

@@ -1,14 +1,16 @@
 """Where the memory ViT's accuracy comes from: its head, its memory vote, or both, regime by regime.
 
     python benchmarks/regimes/head_vs_vote.py --dataset pbc_blood_cells_96 --regimes 1 3 10 --seeds 0 1 2
+    python benchmarks/regimes/head_vs_vote.py --pair vit_cs movit_cs --regimes 1 3   # the convolutional stem
 
-For every study pair (``runs/regimes/<dataset>/{vit,movit}_r<R>_s<S>``) on the validation split (the
+For every study pair (``runs/regimes/<dataset>/{vit,movit}_r<R>_s<S>``, or the two networks ``--pair``
+names) on the validation split (the
 test split is left alone): the plain ViT's accuracy; the memory ViT's head alone (its softmax without
 the vote), its memory vote alone (the class distribution of the memory entries its class token
 attends to), and the two fused as the model outputs them (w = the trained vote weight). A head
 better than the plain ViT's means training with the memory changed the representation; a fused
 output better than the head alone means the read adds what the weights lack.
-Writes ``benchmarks/results/head_vs_vote_<dataset>.md``.
+Writes ``benchmarks/results/head_vs_vote_<dataset>.md`` (``..._<plain>_<memory>.md`` for another pair).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def main() -> None:
     p.add_argument("--regimes", nargs="+", type=int, default=[1, 3, 10])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--root", default=str(REPO / "runs" / "regimes"))
+    p.add_argument("--pair", nargs=2, default=["vit", "movit"], metavar=("PLAIN", "MEMORY"), help="driver model names of the two networks")
     args = p.parse_args()
+    plain_name, memory_name = args.pair
     require_data_root()
     import medmem
     from medmem.atomic import write_text_atomic
@@ -50,15 +54,17 @@ def main() -> None:
     cfg = DATASETS[args.dataset]
     x, y = load_arrays(args.dataset, "validation", None, cfg["image_size"], cfg["in_channels"])
     y = torch.as_tensor(y)
+    default_pair = args.pair == ["vit", "movit"]
+    pair_flag = "" if default_pair else f" --pair {plain_name} {memory_name}"
     rows, by_regime = [], {}
     for regime in args.regimes:
         for seed in args.seeds:
-            runs = {n: Path(args.root) / args.dataset / f"{n}_r{regime}_s{seed}" for n in ("vit", "movit")}
+            runs = {n: Path(args.root) / args.dataset / f"{n}_r{regime}_s{seed}" for n in args.pair}
             if not all((r / "models" / "model_full.pt").exists() for r in runs.values()):
                 print(f"skip regime {regime} seed {seed}: a trained run is missing", file=sys.stderr)
                 continue
-            vit_acc = evaluate(load(args.dataset, "vit", runs["vit"], c), x, y.numpy(), c)["acc"]
-            movit = load(args.dataset, "movit", runs["movit"], c)
+            vit_acc = evaluate(load(args.dataset, plain_name, runs[plain_name], c), x, y.numpy(), c)["acc"]
+            movit = load(args.dataset, memory_name, runs[memory_name], c)
             head, vote = head_and_vote(movit, x)
             row = [vit_acc, accuracy(head, y), accuracy(vote, y), accuracy(fused(head, vote, movit.memory_vote), y)]
             rows.append(f"| {regime} | {seed} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
@@ -67,10 +73,11 @@ def main() -> None:
     lines = [
         f"# Head or memory vote? ({args.dataset}, validation split)",
         "",
-        f"Made by `python benchmarks/regimes/head_vs_vote.py --dataset {args.dataset} --regimes {' '.join(map(str, args.regimes))} "
+        f"Made by `python benchmarks/regimes/head_vs_vote.py --dataset {args.dataset}{pair_flag} --regimes {' '.join(map(str, args.regimes))} "
         f"--seeds {' '.join(map(str, args.seeds))}` (machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}),",
         f"on the study's trained networks; validation ACC over {len(y)} images. `memory ViT head`: its softmax without the vote;",
         "`vote`: the memory entries' labels as its class token weighs them; `fused`: the model's output.",
+        f"Plain ViT: driver model `{plain_name}`; memory ViT: `{memory_name}`.",
         "",
         "| regime % | seed | plain ViT | memory ViT head | memory ViT vote | memory ViT fused |",
         "|---|---|---|---|---|---|",
@@ -84,7 +91,8 @@ def main() -> None:
     for regime, values in by_regime.items():
         cols = [mean_std([v[i] for v in values]) for i in range(4)]
         lines.append(f"| {regime} | {len(values)} | " + " | ".join(cols) + " |")
-    out = REPO / "benchmarks" / "results" / f"head_vs_vote_{args.dataset}.md"
+    suffix = "" if default_pair else f"_{plain_name}_{memory_name}"
+    out = REPO / "benchmarks" / "results" / f"head_vs_vote_{args.dataset}{suffix}.md"
     write_text_atomic("\n".join(lines) + "\n", out)
     print(f"wrote {out}")
 

@@ -67,6 +67,8 @@ NETWORKS = {
     # convolutional stem (strided 3x3 convolutions make the patch tokens): the same pair, more CNN prior
     "vit_cs": {"memory_mode": "off", "stem": "conv"},
     "movit_cs": {**MOVIT, "stem": "conv"},
+    # the read feeds only the label vote; the class token's features stay the image's own
+    "movit_cs_vote": {**MOVIT, "stem": "conv", "combiner": "vote"},
     "resnet18": {"memory_mode": "off", "network_def#_target_": "medmem.networks.ResNetClassifier"},  # CNN reference
 }
 

@@ -8,7 +8,9 @@
 - ``off`` mode: exactly MONAI's ``SABlock`` (the plain-ViT baseline, same weight layout).
 
 Local and memory attention are combined either by a learned per-head sigmoid gate
-(``out = g * mem + (1 - g) * local``) or by one softmax over the concatenated local and memory scores.
+(``out = g * mem + (1 - g) * local``) or by one softmax over the concatenated local and memory scores;
+or not at all (``vote``): the memory attention weights then only weigh the retrieved entries' labels
+(the memory vote) and the class token's features stay the image's own.
 Memory scores are cosine similarities times a learned per-head temperature.
 """
 
@@ -24,7 +26,7 @@ from torch import nn
 from medmem.memory.store import ExternalMemory
 
 MEMORY_MODES = ("off", "full", "prototypes")
-COMBINERS = ("gate", "joint")
+COMBINERS = ("gate", "joint", "vote")
 MEMORY_QUERIES = ("all", "cls")
 
 
@@ -139,7 +141,13 @@ class MemorySABlock(SABlock):
                 mem_valid = mem_valid & torch.zeros_like(mem_valid).scatter(-1, top, True)
         mem_scores = (mem_cos * tau).masked_fill(~mem_valid, -1e4)
 
-        if self.combiner == "gate":
+        if self.combiner == "vote":
+            # neighbours' values are not mixed into the features: the read only feeds the label vote
+            mem_weights = torch.softmax(mem_scores, dim=-1) * mem_valid
+            local_part = local_out[:, :, :nq]
+            mem_part = torch.zeros_like(local_part)
+            mixed = local_part
+        elif self.combiner == "gate":
             mem_weights = torch.softmax(mem_scores, dim=-1) * mem_valid
             mem_out = torch.einsum("bhqk,bhqkd->bhqd", self.drop_weights(mem_weights), mem_values)
             has_memory = mem_valid.any(dim=-1, keepdim=True)  # empty memory: keep the local output

@@ -42,7 +42,8 @@ class MemoryViT(nn.Module):
         memory_mode: ``off`` (plain ViT), ``full`` (kNN over the full memory), ``prototypes``.
         memory_k: neighbours retrieved per query token.
         atma_momentum: ATMA momentum m (0 = overwrite).
-        combiner: ``gate`` or ``joint``.
+        combiner: ``gate``, ``joint`` or ``vote`` (the read feeds only the memory vote; needs
+            ``memory_vote`` > 0).
         num_prototypes: prototypes per head for ``prototypes`` mode.
         memory_queries: ``all`` tokens query the memory, or only ``cls``.
         memory_backend: kNN backend ``auto``/``torch``/``faiss``.
@@ -122,6 +123,8 @@ class MemoryViT(nn.Module):
             "memory_match": memory_match, "memory_retrieval": memory_retrieval, "memory_vote": memory_vote,
             "memory_vote_training": memory_vote_training, "stem": stem,
         }  # fmt: skip
+        if combiner == "vote" and memory_mode != "off" and memory_vote <= 0:
+            raise ValueError("combiner 'vote' uses the memory only through the vote: set memory_vote > 0")
         if memory_vote_training not in VOTE_TRAINING:
             raise ValueError(f"memory_vote_training must be one of {VOTE_TRAINING}, got {memory_vote_training!r}")
         self.memory_vote_training = memory_vote_training
