@@ -69,6 +69,8 @@ NETWORKS = {
     "movit_cs": {**MOVIT, "stem": "conv"},
     # the read feeds only the label vote; the class token's features stay the image's own
     "movit_cs_vote": {**MOVIT, "stem": "conv", "combiner": "vote"},
+    # ... and the head trained on its own logits (as the plain ViT's), the vote by its own cross-entropy
+    "movit_cs_vote_sep": {**MOVIT, "stem": "conv", "combiner": "vote", "memory_vote_training": "separate"},
     "resnet18": {"memory_mode": "off", "network_def#_target_": "medmem.networks.ResNetClassifier"},  # CNN reference
 }
 
