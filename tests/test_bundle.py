@@ -109,7 +109,7 @@ def test_evaluate_summarize_export_infer(trained, tmp_path):
     import medmem
 
     eager = medmem.networks.MemoryViT(3, 32, 8, 8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=8, num_prototypes=16, memory_mode="prototypes",
-                                      memory_match="same_token", memory_retrieval="key", memory_vote=0.5)  # the bundle defaults
+                                      memory_match="same_token", memory_retrieval="key", memory_vote=0.5, stem="conv")  # the bundle defaults
     eager.load_state_dict(deploy)
     scripted = torch.jit.load(str(models / "model.ts"))
     x = torch.rand(3, 3, 32, 32)

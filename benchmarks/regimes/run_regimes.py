@@ -108,7 +108,8 @@ def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Pat
     out = runs / dataset / f"{network}_r{regime}_s{seed}"
     overrides = {
         "dataset": dataset, "regime": regime, "seed": seed, "epochs": epochs, "val_interval": max(1, epochs // 10),
-        "batch_size": BATCH, "output_dir": str(out), **DATASETS[dataset], **NETWORKS[network],
+        # networks that name no stem are the study's patch-stem rows, whatever the bundle's default
+        "batch_size": BATCH, "output_dir": str(out), **DATASETS[dataset], "stem": "patch", **NETWORKS[network],
     }  # fmt: skip
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
