@@ -2,16 +2,17 @@
 close, with no gradient step?
 
     python benchmarks/regimes/write_vs_train.py --dataset pbc_blood_cells_96 --network movit_con --regimes 3 10 --seed 0
+    python benchmarks/regimes/write_vs_train.py --network movit_cs --plain vit_cs --regimes 3 --seed 0   # conv stem
 
 For each regime R: the study's trained network ``<network>_r<R>_s<seed>`` is evaluated on the test split
 (full memory as trained), then every training case outside its regime is written into its memory with
 :class:`medmem.memory.editing.ModelDirectory`-style ``write_memory`` (no gradient step), and the test split is
 evaluated again, with the full memory and with prototypes refreshed from it (k-means, and assignment to
 the summarised prototypes of ``models/model.pt`` where the run has one), and with the memory vote's weight
-re-chosen on the validation split after writing (``medmem memory tune-vote``). References from
-``regimes.csv``: the plain ViT trained on 100 percent (the gap to close) and, as the skeptic's baseline,
-a k-NN over the regime-R plain ViT's features with *all* training labels (``vit_knn_all``: what a
-nearest-neighbour vote alone gains from the same extra labels). Rows go to
+re-chosen on the validation split after writing (``medmem memory tune-vote``). References, from the
+plain network ``--plain`` (same stem; rows of ``regimes.csv`` and ``ablations.csv``): it trained on 100
+percent (the gap to close) and, as the skeptic's baseline, a k-NN over its regime-R features with *all*
+training labels (``vit_knn_all``: what a nearest-neighbour vote alone gains from the same extra labels). Rows go to
 ``benchmarks/results/write_vs_train.csv``.
 """
 
@@ -56,6 +57,8 @@ def main() -> None:
     p.add_argument("--network", default="movit_con", choices=[n for n, o in NETWORKS.items() if o["memory_mode"] == "full"])
     p.add_argument("--regimes", nargs="+", type=int, default=[3, 10])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plain", default="vit", choices=[n for n, o in NETWORKS.items() if o["memory_mode"] == "off" and "network_def#_target_" not in o],
+                   help="the plain network the references come from (same stem as --network)")
     p.add_argument("--runs", default=str(REPO / "runs" / "regimes"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "write_vs_train.csv"))
     args = p.parse_args()
@@ -67,9 +70,10 @@ def main() -> None:
     manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(args.dataset))
     c = len(manifest["classes"])
     cfg = DATASETS[args.dataset]
-    studied = {(r["model"], r["regime"], r["seed"]): r for r in read_rows(REPO / "benchmarks" / "results" / "regimes.csv")}
-    full = [float(r["acc"]) for (m, reg, _), r in studied.items() if m == "vit" and reg == "100"]
-    vit100 = {"acc": sum(full) / len(full)} if full else None  # the plain ViT on 100%, mean over its seeds
+    results = REPO / "benchmarks" / "results"
+    studied = read_rows(results / "regimes.csv") + read_rows(results / "ablations.csv")
+    full = [float(r["acc"]) for r in studied if r["dataset"] == args.dataset and r["model"] == args.plain and r["regime"] == "100"]
+    vit100 = {"acc": sum(full) / len(full)} if full else None  # the plain network on 100%, mean over its seeds
     xte, yte = load_arrays(args.dataset, "test", None, cfg["image_size"], cfg["in_channels"])
     xva, yva = load_arrays(args.dataset, "validation", None, cfg["image_size"], cfg["in_channels"])
     all_items = medmem.data.load_datalist(medmem.engine.resolve_manifest(args.dataset), "training", None)
@@ -108,7 +112,7 @@ def main() -> None:
                 layer.proto_keys = saved[f"{name}.proto_keys"]
                 refresh_layer_prototypes(layer, "assign")
             assign = evaluate(net, xte, yte, c)
-        knn_all = vit_knn_all(args.dataset, regime, args.seed, Path(args.runs), c, xte, yte, all_items)
+        knn_all = vit_knn_all(args.dataset, args.plain, regime, args.seed, Path(args.runs), c, xte, yte)
         gap = (float(vit100["acc"]) - trained["acc"]) if vit100 else float("nan")
         row = {
             "dataset": args.dataset, "network": args.network, "regime": regime, "seed": args.seed,
@@ -123,18 +127,16 @@ def main() -> None:
     write_markdown(Path(args.out))
 
 
-def vit_knn_all(dataset: str, regime: int, seed: int, runs: Path, c: int, xte, yte, all_items) -> float | str:
-    """k-NN (k=10, cosine, distance-weighted) over the regime's plain-ViT features of every training case."""
+def vit_knn_all(dataset: str, plain: str, regime: int, seed: int, runs: Path, c: int, xte, yte) -> float | str:
+    """k-NN (k=10, cosine, distance-weighted) over the regime's plain-network features of every training case."""
     import numpy as np
     from sklearn.neighbors import KNeighborsClassifier
 
-    import medmem
-
-    ckpt = runs / dataset / f"vit_r{regime}_s{seed}" / "models" / "model_full.pt"
+    ckpt = runs / dataset / f"{plain}_r{regime}_s{seed}" / "models" / "model_full.pt"
     if not ckpt.exists():
         return ""
     cfg = DATASETS[dataset]
-    net = medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], c, memory_mode="off", dropout_rate=0.1)
+    net = build(dataset, plain, c)
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     net.eval()
     xtr, ytr = load_arrays(dataset, "training", None, cfg["image_size"], cfg["in_channels"])
@@ -163,11 +165,11 @@ def write_markdown(path: Path) -> None:
     lines = [
         "# Writing instead of training",
         "",
-        "Made by `python benchmarks/regimes/write_vs_train.py --network <network> --regimes 3 10 --seed 0` (test split;",
+        "Made by `python benchmarks/regimes/write_vs_train.py --network <network> [--plain vit_cs] --regimes 3 10 --seed 0` (test split;",
         f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}). `acc_written`: after writing every other",
         "training case into the memory with no gradient step; `vit_knn_all`: k-NN over the same regime's plain-ViT features",
         "with every training label; `gap_closed`: (acc_written - acc_trained) / (vit100 - acc_trained), vit100 = mean of the",
-        "100% plain-ViT rows of regimes.csv. The movit_con row (session 2) predates the k-nearest-prototype fix (docs/design.md); movit rows re-measured after it.",
+        "100% rows of the plain network with the same stem (`vit`, or `vit_cs` for `movit_cs`; regimes.csv and ablations.csv). The movit_con row (session 2) predates the k-nearest-prototype fix (docs/design.md); movit rows re-measured after it.",
         "`vote w tuned` / `ACC written, tuned w`: the vote weight re-chosen on the validation split after writing",
         "(`medmem memory tune-vote`), full memory; `-`: row made before that column existed.",
         "",
