@@ -141,18 +141,17 @@ class MemorySABlock(SABlock):
                 mem_valid = mem_valid & torch.zeros_like(mem_valid).scatter(-1, top, True)
         mem_scores = (mem_cos * tau).masked_fill(~mem_valid, -1e4)
 
-        if self.combiner == "vote":
-            # neighbours' values are not mixed into the features: the read only feeds the label vote
+        if self.combiner == "gate" or self.combiner == "vote":
             mem_weights = torch.softmax(mem_scores, dim=-1) * mem_valid
             local_part = local_out[:, :, :nq]
-            mem_part = torch.zeros_like(local_part)
-            mixed = local_part
-        elif self.combiner == "gate":
-            mem_weights = torch.softmax(mem_scores, dim=-1) * mem_valid
-            mem_out = torch.einsum("bhqk,bhqkd->bhqd", self.drop_weights(mem_weights), mem_values)
-            has_memory = mem_valid.any(dim=-1, keepdim=True)  # empty memory: keep the local output
-            gate = torch.sigmoid(self.gate_logit).view(1, -1, 1, 1) * has_memory
-            mem_part, local_part = gate * mem_out, (1.0 - gate) * local_out[:, :, :nq]
+            if self.combiner == "vote":
+                # neighbours' values are not mixed into the features: the read only feeds the label vote
+                mem_part = torch.zeros_like(local_part)
+            else:
+                mem_out = torch.einsum("bhqk,bhqkd->bhqd", self.drop_weights(mem_weights), mem_values)
+                has_memory = mem_valid.any(dim=-1, keepdim=True)  # empty memory: keep the local output
+                gate = torch.sigmoid(self.gate_logit).view(1, -1, 1, 1) * has_memory
+                mem_part, local_part = gate * mem_out, (1.0 - gate) * local_part
             mixed = mem_part + local_part
         else:
             joint = torch.softmax(torch.cat([local_scores[:, :, :nq], mem_scores], dim=-1), dim=-1)
