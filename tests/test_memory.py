@@ -415,3 +415,9 @@ def test_vote_combiner_keeps_features_and_reads_only_labels():
     assert (fused - head).abs().max() > 1e-3  # the vote does move the output
     with pytest.raises(ValueError, match="memory_vote > 0"):
         tiny_vit(combiner="vote")
+
+
+def test_vote_combiner_scripts_in_prototypes_mode():
+    model = tiny_vit(memory_match="same_token", memory_retrieval="key", memory_vote=0.5, combiner="vote", memory_mode="prototypes").eval()
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(torch.jit.script(model)(x), model(x))
