@@ -403,8 +403,8 @@ def test_vote_combiner_keeps_features_and_reads_only_labels():
     model = tiny_vit(memory_match="same_token", memory_retrieval="key", memory_vote=0.5, combiner="vote").eval()
     g = torch.Generator().manual_seed(4)
     x, y = torch.randn(8, 1, 16, 16, generator=g), torch.arange(8) % 3
-    plain = tiny_vit(memory_mode="off")  # same seed: same weights
-    plain.load_state_dict(model.state_dict(), strict=False)
+    plain = tiny_vit(memory_mode="off")
+    plain.load_state_dict(model.state_dict(), strict=False)  # same weights; a plain network has no memory buffers
     plain.eval()
     model.write_memory(x, torch.arange(8), y)
     torch.testing.assert_close(model.forward_features(x[:3]), plain.forward_features(x[:3]))
