@@ -9,7 +9,8 @@ re-made alone, e.g.::
 Models: ``vit`` (memory off), ``movit`` (full memory), ``movit_proto`` (movit after prototype
 summarisation), ``movit_labels`` / ``movit_labels_proto`` (ablation: label-aware memory), ``resnet18``
 (MONAI ResNet-18, the CNN reference), ``vit_knn`` (k-NN on the trained vit's class-token features), ``logreg`` (logistic
-regression on 28 px pixels), ``vit_knn_vote`` (the plain ViT's softmax averaged with that k-NN vote). Within a regime all networks get the same steps, schedule and
+regression on 28 px pixels), ``vit_knn_vote`` (the plain ViT's softmax averaged with that k-NN vote);
+``vit_cs_knn`` / ``vit_cs_knn_vote`` the same over the conv-stem plain ViT (``vit_cs``). Within a regime all networks get the same steps, schedule and
 augmentation; model selection uses validation only and the test split is read once per row.
 """
 
@@ -165,10 +166,19 @@ def _full_proba(clf, x, num_classes: int):
     return full
 
 
-def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, fuse: float = 0.0) -> dict:
+def knn_plain_network(model: str) -> str | None:
+    """``vit_knn`` / ``vit_cs_knn_vote`` -> the plain network whose features the k-NN reads (``vit`` / ``vit_cs``)."""
+    for suffix in ("_knn_vote", "_knn"):
+        if model.endswith(suffix) and model.removesuffix(suffix) in NETWORKS:
+            return model.removesuffix(suffix)
+    return None
+
+
+def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, fuse: float = 0.0, plain: str = "vit") -> dict:
     """k-NN (cosine, k=10, distance-weighted) on the trained plain ViT's class-token features; with
     ``fuse`` w > 0 (model ``vit_knn_vote``), ``(1 - w) * ViT softmax + w * k-NN vote``: a plain ViT plus a
-    nearest-neighbour vote bolted on after training, the skeptic's version of the memory vote."""
+    nearest-neighbour vote bolted on after training, the skeptic's version of the memory vote.
+    ``plain`` names the trained memory-less network (``vit``: patch stem, ``vit_cs``: conv stem)."""
     import torch
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -176,11 +186,12 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     from medmem.engine.metrics import classification_metrics
 
     start = time.time()
-    ckpt = runs / dataset / f"vit_r{regime}_s{seed}" / "models" / "model_full.pt"
+    ckpt = runs / dataset / f"{plain}_r{regime}_s{seed}" / "models" / "model_full.pt"
     if not ckpt.exists():
-        raise FileNotFoundError(f"{ckpt}: train the vit cell first")
+        raise FileNotFoundError(f"{ckpt}: train the {plain} cell first")
     cfg = DATASETS[dataset]
-    net = medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], len(manifest["classes"]), memory_mode="off", dropout_rate=0.1)
+    stem = NETWORKS[plain].get("stem", "patch")
+    net = medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], len(manifest["classes"]), memory_mode="off", dropout_rate=0.1, stem=stem)
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     net.eval()
 
@@ -240,8 +251,9 @@ def main() -> None:
                 print(f"[{time.strftime('%H:%M:%S')}] {args.dataset} {model} regime {regime}% seed {seed}", flush=True)
                 if model == "logreg":
                     result = run_logreg_cell(args.dataset, regime, seed, manifest)
-                elif model in ("vit_knn", "vit_knn_vote"):
-                    result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest, fuse=0.5 if model == "vit_knn_vote" else 0.0)
+                elif knn_plain_network(model):
+                    fuse = 0.5 if model.endswith("_vote") else 0.0
+                    result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest, fuse=fuse, plain=knn_plain_network(model))
                 else:
                     result = run_network_cell(args.dataset, model, regime, seed, runs, manifest)
                 row = {"dataset": args.dataset, "model": model, "regime": regime, "seed": seed, **result}
