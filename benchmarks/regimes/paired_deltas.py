@@ -3,7 +3,7 @@
     python benchmarks/regimes/paired_deltas.py vit vit_cs        # what the conv stem changed
     python benchmarks/regimes/paired_deltas.py vit_cs movit_cs   # what the memory adds on the conv stem
 
-Reads ``benchmarks/results/regimes.csv`` and ``ablations.csv``; prints one line per cell both models ran
+Reads every committed results file (``run_regimes.RESULT_FILES``); prints one line per cell both models ran
 (ACC of each, B - A in points) and the range of the differences.
 """
 
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import REPO, read_rows  # noqa: E402
+from run_regimes import read_all_results  # noqa: E402
 
 
 def main() -> None:
@@ -22,8 +22,7 @@ def main() -> None:
     p.add_argument("a", help="driver model A (e.g. vit)")
     p.add_argument("b", help="driver model B (e.g. vit_cs)")
     args = p.parse_args()
-    results = REPO / "benchmarks" / "results"
-    acc = {(r["dataset"], r["model"], int(r["regime"]), int(r["seed"])): float(r["acc"]) for r in read_rows(results / "regimes.csv") + read_rows(results / "ablations.csv")}
+    acc = {(r["dataset"], r["model"], int(r["regime"]), int(r["seed"])): float(r["acc"]) for r in read_all_results()}
     deltas = []
     for dataset, model, regime, seed in sorted(k for k in acc if k[1] == args.a):
         other = (dataset, args.b, regime, seed)

@@ -3,7 +3,8 @@
     python benchmarks/regimes/report.py
 
 Writes ``benchmarks/results/regimes.md`` and ``benchmarks/results/regimes_<dataset>.png``
-(test ACC and macro AUC against regime, mean and standard deviation over seeds).
+(test ACC and macro AUC against regime, mean and standard deviation over seeds). ``--csv`` names another
+results file (``regimes_conv_stem.csv``: the study with the bundle's default conv stem; ``ablations.csv``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,19 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = ["vit", "movit", "movit_proto", "vit_knn", "vit_knn_vote", "resnet18", "logreg"]  # order of the main table
+# order of the tables: the conv-stem study (regimes_conv_stem.csv, the bundle default), then the patch-stem one
+MODELS = ["vit_cs", "movit_cs", "movit_cs_proto", "vit_cs_knn", "vit_cs_knn_vote"]
+MODELS += ["vit", "movit", "movit_proto", "vit_knn", "vit_knn_vote", "resnet18", "logreg"]
+# each results file's title and what a reader must know about it as a whole
+HEADINGS = {
+    "regimes": ("Data-regime study: results so far", "Patch stem (MONAI's linear patch projection, the bundle default before 0.2.0) "
+                "for every ViT row; the study with the current default stem is [regimes_conv_stem.md](regimes_conv_stem.md)."),
+    "regimes_conv_stem": ("Data-regime study with the convolutional stem (the bundle default): results so far",
+                          "`vit_cs` / `movit_cs` are the plain and memory ViT with `stem: conv`; `vit_cs_knn` (`_vote`) the k-NN "
+                          "references over `vit_cs`'s class-token features. The stem-independent references (pixel `logreg`, "
+                          "MONAI ResNet-18) are in [regimes.md](regimes.md)."),
+    "ablations": ("Memory design ablations: results so far", ""),
+}
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
 DATASET_NOTES = {
@@ -45,9 +58,9 @@ def mean_std(values: list[float]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--csv", default=str(REPO / "benchmarks/results/regimes.csv"))
-    p.add_argument("--title", default="Data-regime study: results so far")
     args = p.parse_args()
     name = Path(args.csv).stem
+    title, note = HEADINGS.get(name, (name, ""))
     rows = list(csv.DictReader(open(args.csv)))
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -58,14 +71,14 @@ def main() -> None:
     from medmem.atomic import atomic_path, write_text_atomic
 
     lines = [
-        f"# {args.title}",
+        f"# {title}",
         "",
         "Made by `python benchmarks/regimes/run_regimes.py` (see its `--help`; each row of",
-        "`regimes.csv` is one (dataset, model, regime, seed) cell) and summarised by",
-        "`python benchmarks/regimes/report.py`. Test split, mean ± standard deviation over seeds (n = seeds).",
+        f"`{Path(args.csv).name}` is one (dataset, model, regime, seed) cell) and summarised by",
+        f"`python benchmarks/regimes/report.py --csv benchmarks/results/{Path(args.csv).name}`. Test split, mean ± standard deviation over seeds (n = seeds).",
         f"Machine: {platform.machine()}, 2 CPU cores, no GPU; torch {torch.__version__}, MONAI {monai.__version__}.",
         "",
-    ]
+    ] + ([note, ""] if note else [])
     for dataset in sorted({k[0] for k in cells}):
         lines += [f"## {dataset}", "", "| model | regime % | train images | n | ACC | macro AUC | macro F1 | steps | wall s (mean) |", "|---|---|---|---|---|---|---|---|---|"]
         models = MODELS + sorted({k[1] for k in cells if k[0] == dataset} - set(MODELS))

@@ -218,6 +218,15 @@ def read_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(open(path))) if path.exists() else []
 
 
+# the committed results: the patch-stem study, the conv-stem study (the bundle default since 0.2.0), the ablations
+RESULT_FILES = ("regimes.csv", "regimes_conv_stem.csv", "ablations.csv")
+
+
+def read_all_results() -> list[dict]:
+    """Every committed row, for scripts that pair or reference cells across the results files."""
+    return [row for name in RESULT_FILES for row in read_rows(REPO / "benchmarks" / "results" / name)]
+
+
 def append_row(path: Path, row: dict) -> None:
     from medmem.atomic import atomic_path
 

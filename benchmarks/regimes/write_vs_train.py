@@ -10,7 +10,7 @@ For each regime R: the study's trained network ``<network>_r<R>_s<seed>`` is eva
 evaluated again, with the full memory and with prototypes refreshed from it (k-means, and assignment to
 the summarised prototypes of ``models/model.pt`` where the run has one), and with the memory vote's weight
 re-chosen on the validation split after writing (``medmem memory tune-vote``). References, from the
-plain network ``--plain`` (same stem; rows of ``regimes.csv`` and ``ablations.csv``): it trained on 100
+plain network ``--plain`` (same stem; every committed results file): it trained on 100
 percent (the gap to close) and, as the skeptic's baseline, a k-NN over its regime-R features with *all*
 training labels (``vit_knn_all``: what a nearest-neighbour vote alone gains from the same extra labels). Rows go to
 ``benchmarks/results/write_vs_train.csv``.
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import DATASETS, NETWORKS, REPO, load_arrays, read_rows, require_data_root  # noqa: E402
+from run_regimes import DATASETS, NETWORKS, REPO, load_arrays, read_all_results, read_rows, require_data_root  # noqa: E402
 
 COLUMNS = ["dataset", "network", "regime", "seed", "trained_images", "written_images", "write_s", "acc_trained", "acc_written", "acc_written_proto", "acc_written_assign", "auc_trained", "auc_written", "vit_knn_all_acc", "vit100_acc", "gap_closed", "vote_w_tuned", "acc_written_tuned", "gap_closed_tuned"]
 NET_KEYS = ("memory_vote", "memory_mode", "memory_match", "memory_retrieval", "memory_labels", "memory_k", "atma_momentum", "combiner", "memory_blocks", "memory_queries", "memory_vote_training", "stem")
@@ -70,8 +70,7 @@ def main() -> None:
     manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(args.dataset))
     c = len(manifest["classes"])
     cfg = DATASETS[args.dataset]
-    results = REPO / "benchmarks" / "results"
-    studied = read_rows(results / "regimes.csv") + read_rows(results / "ablations.csv")
+    studied = read_all_results()
     full = [float(r["acc"]) for r in studied if r["dataset"] == args.dataset and r["model"] == args.plain and r["regime"] == "100"]
     vit100 = {"acc": sum(full) / len(full)} if full else None  # the plain network on 100%, mean over its seeds
     xte, yte = load_arrays(args.dataset, "test", None, cfg["image_size"], cfg["in_channels"])
@@ -169,7 +168,7 @@ def write_markdown(path: Path) -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}). `acc_written`: after writing every other",
         "training case into the memory with no gradient step; `vit_knn_all`: k-NN over the same regime's plain-ViT features",
         "with every training label; `gap_closed`: (acc_written - acc_trained) / (vit100 - acc_trained), vit100 = mean of the",
-        "100% rows of the plain network with the same stem (`vit`, or `vit_cs` for `movit_cs`; regimes.csv and ablations.csv). The movit_con row (session 2) predates the k-nearest-prototype fix (docs/design.md); movit rows re-measured after it.",
+        "100% rows of the plain network with the same stem (`vit`, or `vit_cs` for `movit_cs`; regimes.csv, regimes_conv_stem.csv, ablations.csv). The movit_con row (session 2) predates the k-nearest-prototype fix (docs/design.md); movit rows re-measured after it.",
         "`vote w tuned` / `ACC written, tuned w`: the vote weight re-chosen on the validation split after writing",
         "(`medmem memory tune-vote`), full memory; `-`: row made before that column existed.",
         "",
