@@ -197,3 +197,19 @@ def test_tune_vote_weight_is_saved_audited_and_matches_the_model_output(tmp_path
     assert entry["action"] == "tune_vote" and entry["vote_weight"] == w and entry["held_out_cases"] == 12
     with pytest.raises(MemoryEditError):
         md.tune_vote_weight([])
+
+
+def test_tune_vote_keeps_a_vote_combiner_model_loadable(tmp_path):
+    """Where the head alone is best, tune-vote would pick w = 0; a ``vote``-combiner network cannot be
+    rebuilt with w = 0, so the smallest positive weight is chosen and the saved checkpoint loads."""
+    from medmem.memory.vote import head_and_vote
+
+    md = make_model_dir(tmp_path, memory_match="same_token", memory_retrieval="key", memory_vote=0.5, combiner="vote")
+    x = torch.randn(9, 1, 16, 16)
+    head, _ = head_and_vote(md.network, x)
+    held_out = [{"image": x[i], "label": int(head[i].argmax())} for i in range(9)]  # labels = the head's own calls
+    report = md.tune_vote_weight(held_out)
+    assert 0.0 not in report["scores"] and report["weight"] == min(report["scores"]) == 0.1
+    md.save()
+    net, card = load_deployable(str(tmp_path / "model.pt"))
+    assert card["network"]["memory_vote"] == net.memory_vote == 0.1

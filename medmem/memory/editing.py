@@ -172,13 +172,18 @@ class ModelDirectory:
         """Re-choose the memory vote's weight w on labelled held-out cases (``{"image": tensor ready for
         the network, "label": int}``), e.g. after ``add`` wrote many cases. Returns ``{"weight",
         "previous", "cases", "scores": {w: {"acc", "nll"}}}``; ``save`` then writes the new w."""
-        from medmem.memory.vote import choose_vote_weight, head_and_vote
+        from medmem.memory.vote import VOTE_WEIGHT_GRID, choose_vote_weight, head_and_vote
 
         if not items:
             raise MemoryEditError("no labelled cases to choose the vote weight on")
         x = torch.stack([torch.as_tensor(it["image"]).float() for it in items])
         head, vote = head_and_vote(self.network, x, batch_size)
-        weight, scores = choose_vote_weight(head, vote, torch.tensor([int(it["label"]) for it in items]))
+        grid = VOTE_WEIGHT_GRID
+        if self.network.config.get("combiner") == "vote":
+            # that combiner reads the memory only through the vote: w = 0 would leave an inert memory and a
+            # model card the network refuses to rebuild from
+            grid = tuple(w for w in grid if w > 0)
+        weight, scores = choose_vote_weight(head, vote, torch.tensor([int(it["label"]) for it in items]), grid)
         previous = self.network.memory_vote
         before = self.checksum()
         self.network.set_memory_vote(weight)  # saved with the model card by save()
