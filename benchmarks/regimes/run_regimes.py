@@ -195,20 +195,18 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     net.eval()
 
-    def features(split, reg):
-        x, y = load_arrays(dataset, split, reg, cfg["image_size"], cfg["in_channels"])
+    def features(x):
         with torch.no_grad():
             f = torch.cat([net.forward_features(x[i : i + 256]) for i in range(0, len(x), 256)])
-        return torch.nn.functional.normalize(f, dim=-1).numpy(), y
+        return torch.nn.functional.normalize(f, dim=-1).numpy()
 
-    ftr, ytr = features("training", regime)
-    fte, yte = features("test", None)
-    knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(ftr, ytr)
-    probs = _full_proba(knn, fte, len(manifest["classes"]))
+    xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
+    xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])  # read once: decoding dominates
+    knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(features(xtr), ytr)
+    probs = _full_proba(knn, features(xte), len(manifest["classes"]))
     if fuse > 0:
-        x, _ = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
         with torch.no_grad():
-            head = torch.cat([net(x[i : i + 256]).softmax(-1) for i in range(0, len(x), 256)]).numpy()
+            head = torch.cat([net(xte[i : i + 256]).softmax(-1) for i in range(0, len(xte), 256)]).numpy()
         probs = (1 - fuse) * head + fuse * probs
     m = classification_metrics(probs, yte, len(manifest["classes"]))
     return {"train_images": len(ytr), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
