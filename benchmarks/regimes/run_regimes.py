@@ -201,7 +201,7 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
         return torch.nn.functional.normalize(f, dim=-1).numpy()
 
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
-    xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])  # read once: decoding dominates
+    xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])  # read once, for the k-NN and the head
     knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(features(xtr), ytr)
     probs = _full_proba(knn, features(xte), len(manifest["classes"]))
     if fuse > 0:
