@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import mean_std  # noqa: E402
-from run_regimes import DATASETS, REPO, load_arrays, require_data_root  # noqa: E402
+from run_regimes import DATASETS, REPO, build, load_arrays, require_data_root  # noqa: E402
 from write_bound import accuracy  # noqa: E402
-from write_vs_train import build, evaluate  # noqa: E402
+from write_vs_train import evaluate  # noqa: E402
 
 
 def load(dataset: str, network: str, run_dir: Path, num_classes: int):

@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import BATCH, DATASETS, NETWORKS, REPO, STEPS, append_row, read_rows, require_data_root  # noqa: E402
-from write_vs_train import build  # noqa: E402
+from run_regimes import BATCH, DATASETS, NETWORKS, REPO, STEPS, append_row, build, read_rows, require_data_root  # noqa: E402
 
 
 def batches(dataset: str, split: str, regime: int | None) -> list[dict]:

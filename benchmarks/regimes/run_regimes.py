@@ -127,6 +127,28 @@ def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Pat
     return {"train_images": n, "epochs": epochs, "acc": report["acc"], "auc": report["auc"], "f1": report["f1"], "wall_s": round(wall, 1)}
 
 
+# the NETWORKS overrides that are MemoryViT arguments (the rest are bundle settings)
+NET_KEYS = ("memory_vote", "memory_mode", "memory_match", "memory_retrieval", "memory_labels", "memory_k", "atma_momentum", "combiner", "memory_blocks", "memory_queries", "memory_vote_training", "stem")
+
+
+def build(dataset: str, network: str, num_classes: int):
+    """The driver network ``network`` as the bundle builds it for ``dataset`` (untrained; load its state dict)."""
+    import medmem
+
+    cfg = DATASETS[dataset]
+    kw = {k: v for k, v in NETWORKS[network].items() if k in NET_KEYS}
+    return medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], num_classes, dropout_rate=0.1, **kw)
+
+
+def unit_features(net, x):
+    """L2-normalised class-token features (N, hidden) as numpy, in batches of 256, no gradient."""
+    import torch
+
+    with torch.no_grad():
+        f = torch.cat([net.forward_features(x[i : i + 256]) for i in range(0, len(x), 256)])
+    return torch.nn.functional.normalize(f, dim=-1).numpy()
+
+
 def load_arrays(dataset: str, split: str, regime: int | None, size: int, channels: int):
     import numpy as np
     import torch
@@ -182,7 +204,6 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     import torch
     from sklearn.neighbors import KNeighborsClassifier
 
-    import medmem
     from medmem.engine.metrics import classification_metrics
 
     start = time.time()
@@ -190,20 +211,13 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt}: train the {plain} cell first")
     cfg = DATASETS[dataset]
-    stem = NETWORKS[plain].get("stem", "patch")
-    net = medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], len(manifest["classes"]), memory_mode="off", dropout_rate=0.1, stem=stem)
+    net = build(dataset, plain, len(manifest["classes"]))
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     net.eval()
-
-    def features(x):
-        with torch.no_grad():
-            f = torch.cat([net.forward_features(x[i : i + 256]) for i in range(0, len(x), 256)])
-        return torch.nn.functional.normalize(f, dim=-1).numpy()
-
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
     xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])  # read once, for the k-NN and the head
-    knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(features(xtr), ytr)
-    probs = _full_proba(knn, features(xte), len(manifest["classes"]))
+    knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(unit_features(net, xtr), ytr)
+    probs = _full_proba(knn, unit_features(net, xte), len(manifest["classes"]))
     if fuse > 0:
         with torch.no_grad():
             head = torch.cat([net(xte[i : i + 256]).softmax(-1) for i in range(0, len(xte), 256)]).numpy()

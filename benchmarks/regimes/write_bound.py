@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import DATASETS, REPO, load_arrays, require_data_root  # noqa: E402
-from write_vs_train import build  # noqa: E402
+from run_regimes import DATASETS, REPO, build, load_arrays, require_data_root, unit_features  # noqa: E402
 
 WEIGHTS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 
@@ -92,10 +91,8 @@ def main() -> None:
         at_trained = {w: s for (k, w), s in scores.items() if k == trained_k}
         w_trained = max(at_trained, key=lambda w: at_trained[w][0]) if trained_k in args.ks else None
         best = max(scores, key=lambda kw: scores[kw][0])
-        with torch.no_grad():
-            feats = [torch.nn.functional.normalize(torch.cat([net.forward_features(x[i : i + 256]) for i in range(0, len(x), 256)]), dim=-1).numpy() for x in (xtr, xte)]
-        knn = KNeighborsClassifier(n_neighbors=10, weights="distance", metric="cosine").fit(feats[0], ytr)
-        knn_acc = float(np.mean(knn.predict(feats[1]) == yte))
+        knn = KNeighborsClassifier(n_neighbors=10, weights="distance", metric="cosine").fit(unit_features(net, xtr), ytr)
+        knn_acc = float(np.mean(knn.predict(unit_features(net, xte)) == yte))
         trained_cell = f"{trained_k}, {w_trained} | {at_trained[w_trained][1]:.3f}" if w_trained is not None else "- | -"
         lines.append(f"| {run} | {trained_cell} | {best[0]}, {best[1]} | {scores[best][1]:.3f} | {knn_acc:.3f} |")
         print(lines[-1], flush=True)

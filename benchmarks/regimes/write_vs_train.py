@@ -28,20 +28,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import DATASETS, NETWORKS, REPO, load_arrays, read_all_results, read_rows, require_data_root  # noqa: E402
+from run_regimes import (  # noqa: E402
+    DATASETS,
+    NETWORKS,
+    REPO,
+    build,
+    load_arrays,
+    read_all_results,
+    read_rows,
+    require_data_root,
+    unit_features,
+)
 
 COLUMNS = ["dataset", "network", "regime", "seed", "trained_images", "written_images", "write_s", "acc_trained", "acc_written", "acc_written_proto", "acc_written_assign", "auc_trained", "auc_written", "vit_knn_all_acc", "vit100_acc", "gap_closed", "vote_w_tuned", "acc_written_tuned", "gap_closed_tuned"]
-NET_KEYS = ("memory_vote", "memory_mode", "memory_match", "memory_retrieval", "memory_labels", "memory_k", "atma_momentum", "combiner", "memory_blocks", "memory_queries", "memory_vote_training", "stem")
-
-
-def build(dataset: str, network: str, num_classes: int):
-    import medmem
-
-    cfg = DATASETS[dataset]
-    kw = {k: v for k, v in NETWORKS[network].items() if k in NET_KEYS}
-    return medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], num_classes, dropout_rate=0.1, **kw)
-
-
 @torch.no_grad()
 def evaluate(net, x: torch.Tensor, y, num_classes: int) -> dict:
     from medmem.engine.metrics import classification_metrics
@@ -139,10 +138,8 @@ def vit_knn_all(dataset: str, plain: str, regime: int, seed: int, runs: Path, c:
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     net.eval()
     xtr, ytr = load_arrays(dataset, "training", None, cfg["image_size"], cfg["in_channels"])
-    with torch.no_grad():
-        feats = [torch.nn.functional.normalize(torch.cat([net.forward_features(x[i : i + 256]) for i in range(0, len(x), 256)]), dim=-1) for x in (xtr, xte)]
-    knn = KNeighborsClassifier(n_neighbors=10, weights="distance", metric="cosine").fit(feats[0].numpy(), ytr)
-    return float(np.mean(knn.predict(feats[1].numpy()) == yte))
+    knn = KNeighborsClassifier(n_neighbors=10, weights="distance", metric="cosine").fit(unit_features(net, xtr), ytr)
+    return float(np.mean(knn.predict(unit_features(net, xte)) == yte))
 
 
 def write_row(path: Path, row: dict) -> None:
