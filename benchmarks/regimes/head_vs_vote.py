@@ -9,7 +9,10 @@ test split is left alone): the plain ViT's accuracy; the memory ViT's head alone
 the vote), its memory vote alone (the class distribution of the memory entries its class token
 attends to), and the two fused as the model outputs them (w = the trained vote weight). A head
 better than the plain ViT's means training with the memory changed the representation; a fused
-output better than the head alone means the read adds what the weights lack.
+output better than the head alone means the read adds what the weights lack. Two properties of the
+vote say how much it leaves the head to learn: its purity (mean vote probability of the image's own
+label: the attention-weighted share of same-label neighbours) and its effective number of classes
+(exp of the vote's entropy; 1 = one class among the neighbours).
 Writes ``benchmarks/results/head_vs_vote_<dataset>.md`` (``..._<plain>_<memory>.md`` for another pair).
 """
 
@@ -28,6 +31,18 @@ from report import mean_std  # noqa: E402
 from run_regimes import DATASETS, REPO, build, load_arrays, require_data_root  # noqa: E402
 from write_bound import accuracy  # noqa: E402
 from write_vs_train import evaluate  # noqa: E402
+
+
+COLUMNS = "plain ViT | memory ViT head | memory ViT vote | memory ViT fused | vote purity | vote classes"
+N_VALUES = COLUMNS.count("|") + 1
+
+
+def vote_spread(vote: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean purity (the vote's probability of the true label) and mean effective number of classes
+    (exp of the vote's entropy) of votes (N, C) for labels (N,)."""
+    purity = vote.gather(1, labels[:, None].long()).mean()
+    entropy = -(vote * vote.clamp(min=1e-12).log()).sum(1)
+    return float(purity), float(entropy.exp().mean())
 
 
 def load(dataset: str, network: str, run_dir: Path, num_classes: int):
@@ -66,7 +81,7 @@ def main() -> None:
             vit_acc = evaluate(load(args.dataset, plain_name, runs[plain_name], c), x, y.numpy(), c)["acc"]
             movit = load(args.dataset, memory_name, runs[memory_name], c)
             head, vote = head_and_vote(movit, x)
-            row = [vit_acc, accuracy(head, y), accuracy(vote, y), accuracy(fused(head, vote, movit.memory_vote), y)]
+            row = [vit_acc, accuracy(head, y), accuracy(vote, y), accuracy(fused(head, vote, movit.memory_vote), y), *vote_spread(vote, y)]
             rows.append(f"| {regime} | {seed} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
             by_regime.setdefault(regime, []).append(row)
             print(rows[-1], flush=True)
@@ -77,19 +92,20 @@ def main() -> None:
         f"--seeds {' '.join(map(str, args.seeds))}` (machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}),",
         f"on the study's trained networks; validation ACC over {len(y)} images. `memory ViT head`: its softmax without the vote;",
         "`vote`: the memory entries' labels as its class token weighs them; `fused`: the model's output.",
+        f"`vote purity`: mean vote probability of the image's own label; `vote classes`: mean exp(entropy) of the vote ({c} classes).",
         f"Plain ViT: driver model `{plain_name}`; memory ViT: `{memory_name}`.",
         "",
-        "| regime % | seed | plain ViT | memory ViT head | memory ViT vote | memory ViT fused |",
-        "|---|---|---|---|---|---|",
+        f"| regime % | seed | {COLUMNS} |",
+        "|---|---|" + "---|" * N_VALUES,
         *rows,
         "",
         "Mean ± standard deviation over seeds:",
         "",
-        "| regime % | n | plain ViT | memory ViT head | memory ViT vote | memory ViT fused |",
-        "|---|---|---|---|---|---|",
+        f"| regime % | n | {COLUMNS} |",
+        "|---|---|" + "---|" * N_VALUES,
     ]
     for regime, values in by_regime.items():
-        cols = [mean_std([v[i] for v in values]) for i in range(4)]
+        cols = [mean_std([v[i] for v in values]) for i in range(N_VALUES)]
         lines.append(f"| {regime} | {len(values)} | " + " | ".join(cols) + " |")
     suffix = "" if default_pair else f"_{plain_name}_{memory_name}"
     out = REPO / "benchmarks" / "results" / f"head_vs_vote_{args.dataset}{suffix}.md"

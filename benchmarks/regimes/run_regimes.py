@@ -72,6 +72,12 @@ NETWORKS = {
     "movit_cs_vote": {**MOVIT, "stem": "conv", "combiner": "vote"},
     # ... and the head trained on its own logits (as the plain ViT's), the vote by its own cross-entropy
     "movit_cs_vote_sep": {**MOVIT, "stem": "conv", "combiner": "vote", "memory_vote_training": "separate"},
+    # the design ablations again with the default (conv) stem
+    "movit_cs_m0": {**MOVIT, "stem": "conv", "atma_momentum": 0.0},
+    "movit_cs_joint": {**MOVIT, "stem": "conv", "combiner": "joint"},
+    "movit_cs_block4": {**MOVIT, "stem": "conv", "memory_blocks": [-2]},
+    "movit_cs_k8": {**MOVIT, "stem": "conv", "memory_k": 8},
+    "movit_cs_k128": {**MOVIT, "stem": "conv", "memory_k": 128},
     "resnet18": {"memory_mode": "off", "network_def#_target_": "medmem.networks.ResNetClassifier"},  # CNN reference
 }
 
