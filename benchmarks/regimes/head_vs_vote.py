@@ -2,10 +2,12 @@
 
     python benchmarks/regimes/head_vs_vote.py --dataset pbc_blood_cells_96 --regimes 1 3 10 --seeds 0 1 2
     python benchmarks/regimes/head_vs_vote.py --pair vit_cs movit_cs --regimes 1 3   # the convolutional stem
+    python benchmarks/regimes/head_vs_vote.py --dataset brain_tumor_mri_training --pair vit_cs movit_cs --regimes 3 \
+        --eval-on brain_tumor_mri test   # the same networks on a shifted set (the archive's Testing folder)
 
 For every study pair (``runs/regimes/<dataset>/{vit,movit}_r<R>_s<S>``, or the two networks ``--pair``
 names) on the validation split (the
-test split is left alone): the plain ViT's accuracy; the memory ViT's head alone (its softmax without
+test split is left alone; ``--eval-on`` scores another split, e.g. a shifted one): the plain ViT's accuracy; the memory ViT's head alone (its softmax without
 the vote), its memory vote alone (the class distribution of the memory entries its class token
 attends to), and the two fused as the model outputs them (w = the trained vote weight). A head
 better than the plain ViT's means training with the memory changed the representation; a fused
@@ -58,6 +60,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--root", default=str(REPO / "runs" / "regimes"))
     p.add_argument("--pair", nargs=2, default=["vit", "movit"], metavar=("PLAIN", "MEMORY"), help="driver model names of the two networks")
+    p.add_argument("--eval-on", nargs=2, metavar=("DATASET", "SPLIT"), help="score another manifest's split with the same classes "
+                   "(default: the training dataset's validation split; a test split is read only by this diagnosis, never for selection)")
     args = p.parse_args()
     plain_name, memory_name = args.pair
     require_data_root()
@@ -65,12 +69,17 @@ def main() -> None:
     from medmem.atomic import write_text_atomic
     from medmem.memory.vote import fused, head_and_vote
 
-    c = len(medmem.data.load_manifest(medmem.engine.resolve_manifest(args.dataset))["classes"])
+    classes = medmem.data.load_manifest(medmem.engine.resolve_manifest(args.dataset))["classes"]
+    c = len(classes)
     cfg = DATASETS[args.dataset]
-    x, y = load_arrays(args.dataset, "validation", None, cfg["image_size"], cfg["in_channels"])
+    eval_dataset, eval_split = args.eval_on or (args.dataset, "validation")
+    if medmem.data.load_manifest(medmem.engine.resolve_manifest(eval_dataset))["classes"] != classes:
+        sys.exit(f"--eval-on {eval_dataset}: its classes differ from {args.dataset}'s {classes}")
+    x, y = load_arrays(eval_dataset, eval_split, None, cfg["image_size"], cfg["in_channels"])
     y = torch.as_tensor(y)
     default_pair = args.pair == ["vit", "movit"]
-    pair_flag = "" if default_pair else f" --pair {plain_name} {memory_name}"
+    pair_flag = ("" if default_pair else f" --pair {plain_name} {memory_name}") + (f" --eval-on {eval_dataset} {eval_split}" if args.eval_on else "")
+    scored = f"{eval_dataset} {eval_split} split" if args.eval_on else "validation split"
     rows, by_regime = [], {}
     for regime in args.regimes:
         for seed in args.seeds:
@@ -86,11 +95,11 @@ def main() -> None:
             by_regime.setdefault(regime, []).append(row)
             print(rows[-1], flush=True)
     lines = [
-        f"# Head or memory vote? ({args.dataset}, validation split)",
+        f"# Head or memory vote? ({args.dataset}, {scored})",
         "",
         f"Made by `python benchmarks/regimes/head_vs_vote.py --dataset {args.dataset}{pair_flag} --regimes {' '.join(map(str, args.regimes))} "
         f"--seeds {' '.join(map(str, args.seeds))}` (machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}),",
-        f"on the study's trained networks; validation ACC over {len(y)} images. `memory ViT head`: its softmax without the vote;",
+        f"on the study's trained networks; {scored} ACC over {len(y)} images. `memory ViT head`: its softmax without the vote;",
         "`vote`: the memory entries' labels as its class token weighs them; `fused`: the model's output.",
         f"`vote purity`: mean vote probability of the image's own label; `vote classes`: mean exp(entropy) of the vote ({c} classes).",
         f"Plain ViT: driver model `{plain_name}`; memory ViT: `{memory_name}`.",
@@ -107,7 +116,7 @@ def main() -> None:
     for regime, values in by_regime.items():
         cols = [mean_std([v[i] for v in values]) for i in range(N_VALUES)]
         lines.append(f"| {regime} | {len(values)} | " + " | ".join(cols) + " |")
-    suffix = "" if default_pair else f"_{plain_name}_{memory_name}"
+    suffix = ("" if default_pair else f"_{plain_name}_{memory_name}") + (f"_on_{eval_dataset}_{eval_split}" if args.eval_on else "")
     out = REPO / "benchmarks" / "results" / f"head_vs_vote_{args.dataset}{suffix}.md"
     write_text_atomic("\n".join(lines) + "\n", out)
     print(f"wrote {out}")

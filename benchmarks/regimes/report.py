@@ -28,7 +28,9 @@ HEADINGS = {
                           "`vit_cs` / `movit_cs` are the plain and memory ViT with `stem: conv`; `vit_cs_knn` (`_vote`) the k-NN "
                           "references over `vit_cs`'s class-token features. The stem-independent references (pixel `logreg`, "
                           "MONAI ResNet-18) are in [regimes.md](regimes.md)."),
-    "ablations": ("Memory design ablations: results so far", ""),
+    "ablations": ("Memory design ablations: results so far", "Each row changes one setting of the memory ViT it is named after: "
+                  "`movit_*` of the patch-stem `movit` (reference rows in [regimes.md](regimes.md)), `movit_cs_*` of the "
+                  "conv-stem `movit_cs` (reference rows `movit_cs` / `vit_cs` in [regimes_conv_stem.md](regimes_conv_stem.md))."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
