@@ -34,7 +34,6 @@ from run_regimes import DATASETS, REPO, build, load_arrays, require_data_root  #
 from write_bound import accuracy  # noqa: E402
 from write_vs_train import evaluate  # noqa: E402
 
-
 COLUMNS = "plain ViT | memory ViT head | memory ViT vote | memory ViT fused | vote purity | vote classes"
 N_VALUES = COLUMNS.count("|") + 1
 
@@ -45,6 +44,17 @@ def vote_spread(vote: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]
     purity = vote.gather(1, labels[:, None].long()).mean()
     entropy = -(vote * vote.clamp(min=1e-12).log()).sum(1)
     return float(purity), float(entropy.exp().mean())
+
+
+def trained_pairs(root: str, dataset: str, pair: list[str], regimes: list[int], seeds: list[int]):
+    """Yield (regime, seed, {network: run dir}) for every cell where both networks of ``pair`` were trained."""
+    for regime in regimes:
+        for seed in seeds:
+            runs = {n: Path(root) / dataset / f"{n}_r{regime}_s{seed}" for n in pair}
+            if all((r / "models" / "model_full.pt").exists() for r in runs.values()):
+                yield regime, seed, runs
+            else:
+                print(f"skip regime {regime} seed {seed}: a trained run is missing", file=sys.stderr)
 
 
 def load(dataset: str, network: str, run_dir: Path, num_classes: int):
@@ -81,19 +91,14 @@ def main() -> None:
     pair_flag = ("" if default_pair else f" --pair {plain_name} {memory_name}") + (f" --eval-on {eval_dataset} {eval_split}" if args.eval_on else "")
     scored = f"{eval_dataset} {eval_split} split" if args.eval_on else "validation split"
     rows, by_regime = [], {}
-    for regime in args.regimes:
-        for seed in args.seeds:
-            runs = {n: Path(args.root) / args.dataset / f"{n}_r{regime}_s{seed}" for n in args.pair}
-            if not all((r / "models" / "model_full.pt").exists() for r in runs.values()):
-                print(f"skip regime {regime} seed {seed}: a trained run is missing", file=sys.stderr)
-                continue
-            vit_acc = evaluate(load(args.dataset, plain_name, runs[plain_name], c), x, y.numpy(), c)["acc"]
-            movit = load(args.dataset, memory_name, runs[memory_name], c)
-            head, vote = head_and_vote(movit, x)
-            row = [vit_acc, accuracy(head, y), accuracy(vote, y), accuracy(fused(head, vote, movit.memory_vote), y), *vote_spread(vote, y)]
-            rows.append(f"| {regime} | {seed} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
-            by_regime.setdefault(regime, []).append(row)
-            print(rows[-1], flush=True)
+    for regime, seed, runs in trained_pairs(args.root, args.dataset, args.pair, args.regimes, args.seeds):
+        vit_acc = evaluate(load(args.dataset, plain_name, runs[plain_name], c), x, y.numpy(), c)["acc"]
+        movit = load(args.dataset, memory_name, runs[memory_name], c)
+        head, vote = head_and_vote(movit, x)
+        row = [vit_acc, accuracy(head, y), accuracy(vote, y), accuracy(fused(head, vote, movit.memory_vote), y), *vote_spread(vote, y)]
+        rows.append(f"| {regime} | {seed} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+        by_regime.setdefault(regime, []).append(row)
+        print(rows[-1], flush=True)
     lines = [
         f"# Head or memory vote? ({args.dataset}, {scored})",
         "",

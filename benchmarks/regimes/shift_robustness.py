@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from head_vs_vote import load  # noqa: E402
+from head_vs_vote import load, trained_pairs  # noqa: E402
 from run_regimes import DATASETS, REPO, load_arrays, require_data_root  # noqa: E402
 from write_vs_train import evaluate  # noqa: E402
 
@@ -71,18 +71,13 @@ def main() -> None:
     x, y = load_arrays(args.dataset, "validation", None, cfg["image_size"], cfg["in_channels"])
     views = {name: shifted(x, t) for name, t in shifts().items()}
     rows, deltas = [], {}
-    for regime in args.regimes:
-        for seed in args.seeds:
-            runs = {n: Path(args.root) / args.dataset / f"{n}_r{regime}_s{seed}" for n in args.pair}
-            if not all((r / "models" / "model_full.pt").exists() for r in runs.values()):
-                print(f"skip regime {regime} seed {seed}: a trained run is missing", file=sys.stderr)
-                continue
-            nets = [load(args.dataset, n, runs[n], c) for n in args.pair]
-            for name, view in views.items():
-                plain, memory = (evaluate(net, view, y, c)["acc"] for net in nets)
-                deltas.setdefault((regime, name), []).append(memory - plain)
-                rows.append(f"| {regime} | {seed} | {name} | {plain:.3f} | {memory:.3f} | {100 * (memory - plain):+.1f} |")
-                print(rows[-1], flush=True)
+    for regime, seed, runs in trained_pairs(args.root, args.dataset, args.pair, args.regimes, args.seeds):
+        nets = [load(args.dataset, n, runs[n], c) for n in args.pair]
+        for name, view in views.items():
+            plain, memory = (evaluate(net, view, y, c)["acc"] for net in nets)
+            deltas.setdefault((regime, name), []).append(memory - plain)
+            rows.append(f"| {regime} | {seed} | {name} | {plain:.3f} | {memory:.3f} | {100 * (memory - plain):+.1f} |")
+            print(rows[-1], flush=True)
     plain_name, memory_name = args.pair
     lines = [
         f"# Robustness to unseen intensity shifts ({args.dataset}, validation split)",
