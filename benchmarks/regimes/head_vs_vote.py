@@ -15,7 +15,8 @@ output better than the head alone means the read adds what the weights lack. Two
 vote say how much it leaves the head to learn: its purity (mean vote probability of the image's own
 label: the attention-weighted share of same-label neighbours) and its effective number of classes
 (exp of the vote's entropy; 1 = one class among the neighbours).
-Writes ``benchmarks/results/head_vs_vote_<dataset>.md`` (``..._<plain>_<memory>.md`` for another pair).
+Writes ``benchmarks/results/head_vs_vote_<dataset>.md`` (``..._<plain>_<memory>.md`` for another pair,
+``..._on_<dataset>_<split>.md`` with ``--eval-on``).
 """
 
 from __future__ import annotations
