@@ -41,6 +41,8 @@ from run_regimes import (  # noqa: E402
 )
 
 COLUMNS = ["dataset", "network", "regime", "seed", "trained_images", "written_images", "write_s", "acc_trained", "acc_written", "acc_written_proto", "acc_written_assign", "auc_trained", "auc_written", "vit_knn_all_acc", "vit100_acc", "gap_closed", "vote_w_tuned", "acc_written_tuned", "gap_closed_tuned"]
+
+
 @torch.no_grad()
 def evaluate(net, x: torch.Tensor, y, num_classes: int) -> dict:
     from medmem.engine.metrics import classification_metrics
