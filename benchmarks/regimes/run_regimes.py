@@ -79,6 +79,9 @@ NETWORKS = {
     "movit_cs_k8": {**MOVIT, "stem": "conv", "memory_k": 8},
     "movit_cs_k128": {**MOVIT, "stem": "conv", "memory_k": 128},
     "resnet18": {"memory_mode": "off", "network_def#_target_": "medmem.networks.ResNetClassifier"},  # CNN reference
+    # budget check: the default pair with three times the regime's optimiser steps (is a regime step- or data-limited?)
+    "vit_cs_steps3x": {"memory_mode": "off", "stem": "conv", "step_scale": 3},
+    "movit_cs_steps3x": {**MOVIT, "stem": "conv", "step_scale": 3},
 }
 
 
@@ -109,14 +112,15 @@ def train_images(manifest: dict, regime: int) -> int:
 
 def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Path, manifest: dict) -> dict:
     n = train_images(manifest, regime)
-    epochs = math.ceil(STEPS[regime] / math.ceil(n / BATCH))
     network = model.removesuffix("_proto")
-    mode = NETWORKS[network]["memory_mode"]
+    settings = dict(NETWORKS[network])
+    epochs = math.ceil(STEPS[regime] * settings.pop("step_scale", 1) / math.ceil(n / BATCH))
+    mode = settings["memory_mode"]
     out = runs / dataset / f"{network}_r{regime}_s{seed}"
     overrides = {
         "dataset": dataset, "regime": regime, "seed": seed, "epochs": epochs, "val_interval": max(1, epochs // 10),
         # networks that name no stem are the study's patch-stem rows, whatever the bundle's default
-        "batch_size": BATCH, "output_dir": str(out), **DATASETS[dataset], "stem": "patch", **NETWORKS[network],
+        "batch_size": BATCH, "output_dir": str(out), **DATASETS[dataset], "stem": "patch", **settings,
     }  # fmt: skip
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
