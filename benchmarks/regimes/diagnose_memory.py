@@ -1,7 +1,9 @@
 """What a trained memory does: retrieval quality, gate and reliance, on the validation split.
 
-    python benchmarks/regimes/diagnose_memory.py runs/regimes/pbc_blood_cells_96/movit_r3_s0 --dataset pbc_blood_cells_96
+    python benchmarks/regimes/diagnose_memory.py runs/regimes/pbc_blood_cells_96/movit_cs_r3_s0
 
+The run directory names the dataset (its parent) and the driver network (``<network>_r<R>_s<S>``, as
+``run_regimes.py`` makes them); the network is rebuilt exactly as the study built it (``run_regimes.build``).
 For each validation image, the class token's top-k memory neighbours (full memory) are looked up:
 reports the attention-weighted share of neighbours whose training label equals the image's label
 ("neighbour label purity"), the accuracy of a vote by those neighbours, the model's accuracy, the
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -20,31 +23,28 @@ import torch
 import medmem
 from medmem.atomic import write_json_atomic
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_regimes import DATASETS, NETWORKS, build  # noqa: E402
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--patch-size", type=int, default=8)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--memory-labels", action="store_true")
-    p.add_argument("--memory-match", default="any", choices=["any", "same_token"])
-    p.add_argument("--memory-retrieval", default="query", choices=["query", "key"])
-    p.add_argument("--memory-vote", type=float, default=0.0)
+    p.add_argument("run_dir", help="runs/regimes/<dataset>/<network>_r<R>_s<S>")
     args = p.parse_args()
-    manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(args.dataset))
+    run = Path(args.run_dir)
+    dataset, network = run.parent.name, run.name.rsplit("_r", 1)[0]
+    if dataset not in DATASETS or network not in NETWORKS or NETWORKS[network]["memory_mode"] != "full":
+        sys.exit(f"{run}: expected runs/regimes/<dataset>/<memory network>_r<R>_s<S> as run_regimes.py names them")
+    manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(dataset))
     n_classes = len(manifest["classes"])
-    net = medmem.networks.MemoryViT(args.in_channels, args.image_size, args.patch_size, n_classes, dropout_rate=0.1, memory_labels=args.memory_labels,
-        memory_match=args.memory_match, memory_retrieval=args.memory_retrieval, memory_vote=args.memory_vote,
-    )  # fmt: skip
+    net = build(dataset, network, n_classes)
     net.load_state_dict(torch.load(Path(args.run_dir) / "models" / "model_full.pt", map_location="cpu", weights_only=True))
     net.eval()
     layer = net.memory_layers()[-1]
     layer.record_evidence = True
     train_labels = torch.tensor([e["label"] for e in manifest["training"]])
     items = medmem.data.load_datalist(manifest, "validation", None)
-    chain = medmem.data.eval_transforms(args.image_size, args.in_channels)
+    chain = medmem.data.eval_transforms(DATASETS[dataset]["image_size"], DATASETS[dataset]["in_channels"])
     purity, vote_ok, model_ok, reliance, n = 0.0, 0, 0, 0.0, 0
     with torch.no_grad():
         for start in range(0, len(items), 128):
