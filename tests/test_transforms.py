@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import torch
+from monai.transforms import Compose
 
-from medmem.data.transforms import eval_transforms, match_channels, match_spatial_dims, scale_to_unit, train_transforms
+from medmem.data.transforms import (
+    augmentations,
+    eval_transforms,
+    match_channels,
+    match_spatial_dims,
+    scale_to_unit,
+    train_transforms,
+)
 from tests.conftest import dicom_file
 
 
@@ -57,3 +65,19 @@ def test_train_chain_augments_but_eval_is_deterministic():
     outs = [train(dict(data))["image"] for _ in range(6)]
     assert all(o.shape == (1, 32, 32) for o in outs)
     assert any(not torch.allclose(outs[0], o) for o in outs[1:])
+
+
+def test_intensity_augmentation_is_opt_in_and_stays_in_unit_range():
+    """Geometry keeps a flat colour exactly; the intensity jitter moves channel means apart and clips to [0, 1]."""
+    flat = {"image": torch.tensor([0.8, 0.5, 0.2]).view(3, 1, 1).expand(3, 16, 16).clone()}
+    geometry = Compose(augmentations(2, rotate90=True))
+    geometry.set_random_state(0)
+    for _ in range(5):
+        out = geometry(dict(flat))["image"]
+        torch.testing.assert_close(out.mean(dim=(1, 2)), torch.tensor([0.8, 0.5, 0.2]))
+    jitter = Compose(augmentations(2, rotate90=True, intensity=True))
+    jitter.set_random_state(0)
+    outs = [jitter({"image": flat["image"] * 1.2})["image"] for _ in range(20)]  # red at 0.96: a gain of up to 1.15 passes 1
+    assert all(float(o.min()) >= 0.0 and float(o.max()) <= 1.0 for o in outs)
+    ratios = {round(float(o[0].mean() / o[2].mean()), 3) for o in outs}
+    assert len(ratios) > 3  # the red/blue balance changes from draw to draw: a colour cast

@@ -82,6 +82,9 @@ NETWORKS = {
     # budget check: the default pair with three times the regime's optimiser steps (is a regime step- or data-limited?)
     "vit_cs_steps3x": {"memory_mode": "off", "stem": "conv", "step_scale": 3},
     "movit_cs_steps3x": {**MOVIT, "stem": "conv", "step_scale": 3},
+    # the default pair trained with gamma and colour jitter as well (bundle setting intensity_augment)
+    "vit_cs_ia": {"memory_mode": "off", "stem": "conv", "intensity_augment": True},
+    "movit_cs_ia": {**MOVIT, "stem": "conv", "intensity_augment": True},
 }
 
 

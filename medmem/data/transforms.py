@@ -24,10 +24,13 @@ from monai.transforms import (
     EnsureTyped,
     LoadImage,
     MapTransform,
+    RandAdjustContrastd,
     RandAffined,
     RandFlipd,
     RandRotate90d,
+    RandScaleIntensityd,
     Resized,
+    ThresholdIntensityd,
     Transform,
 )
 
@@ -222,8 +225,22 @@ def eval_transforms(
     )
 
 
-def augmentations(spatial_dims: int = 2, keys: Sequence[str] = ("image",), rotate90: bool = True) -> list:
-    """Light, label-preserving augmentation for training only: flips, right-angle turns, small affine."""
+def intensity_augmentations(keys: Sequence[str] = ("image",)) -> list:
+    """Intensity and colour jitter for images in [0, 1]: a gamma in 0.7-1.4 (exposure, window) and a
+    per-channel gain of up to 15 percent (stain or staining-protocol colour cast on RGB), clipped back
+    to [0, 1]. Without it a network learns the training site's exact colours: an 8 percent colour cast
+    takes the PBC networks trained without it to near chance (``benchmarks/regimes/shift_robustness.py``)."""
+    return [
+        RandAdjustContrastd(keys, prob=0.5, gamma=(0.7, 1.4)),
+        RandScaleIntensityd(keys, factors=0.15, prob=0.5, channel_wise=True),
+        ThresholdIntensityd(keys, threshold=1.0, above=False, cval=1.0),
+        ThresholdIntensityd(keys, threshold=0.0, above=True, cval=0.0),
+    ]
+
+
+def augmentations(spatial_dims: int = 2, keys: Sequence[str] = ("image",), rotate90: bool = True, intensity: bool = False) -> list:
+    """Label-preserving augmentation for training only: flips, right-angle turns, small affine, and with
+    ``intensity`` the gamma and colour jitter of :func:`intensity_augmentations`."""
     augs: list = [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
     if rotate90 and spatial_dims == 2:
         augs.append(RandRotate90d(keys, prob=0.5, max_k=3))
@@ -236,7 +253,7 @@ def augmentations(spatial_dims: int = 2, keys: Sequence[str] = ("image",), rotat
             padding_mode="border",
         )
     )
-    return augs
+    return augs + (intensity_augmentations(keys) if intensity else [])
 
 
 def train_transforms(
@@ -246,7 +263,8 @@ def train_transforms(
     window: Sequence[float] | None = None,
     rotate90: bool = True,
     keys: Sequence[str] = ("image",),
+    intensity: bool = False,
 ) -> Compose:
-    """Evaluation chain followed by augmentation."""
+    """Evaluation chain followed by augmentation (``intensity``: also gamma and colour jitter)."""
     base = eval_transforms(image_size, in_channels, spatial_dims, window, keys=keys)
-    return Compose(list(base.transforms) + augmentations(spatial_dims, keys, rotate90))
+    return Compose(list(base.transforms) + augmentations(spatial_dims, keys, rotate90, intensity))
