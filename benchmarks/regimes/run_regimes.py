@@ -122,8 +122,9 @@ def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Pat
     out = runs / dataset / f"{network}_r{regime}_s{seed}"
     overrides = {
         "dataset": dataset, "regime": regime, "seed": seed, "epochs": epochs, "val_interval": max(1, epochs // 10),
-        # networks that name no stem are the study's patch-stem rows, whatever the bundle's default
-        "batch_size": BATCH, "output_dir": str(out), **DATASETS[dataset], "stem": "patch", **settings,
+        # networks that name no stem are the study's patch-stem rows, and those that name no intensity_augment were
+        # trained with geometry-only augmentation, whatever the bundle's defaults
+        "batch_size": BATCH, "output_dir": str(out), **DATASETS[dataset], "stem": "patch", "intensity_augment": False, **settings,
     }  # fmt: skip
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
