@@ -30,17 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_vote import load  # noqa: E402
 from run_regimes import DATASETS, NETWORKS, REPO, load_arrays, require_data_root  # noqa: E402
-from write_vs_train import evaluate  # noqa: E402
+from write_vs_train import evaluate, probabilities  # noqa: E402
 
 CONFIDENT = 0.9
 WAYS = ("labelled", "unknown", "pseudo", f"pseudo, p >= {CONFIDENT:g}")
-
-
-@torch.no_grad()
-def predicted(net, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The network's top probability and label (N,) each for images (N, C, H, W), in batches of 256."""
-    probs = torch.cat([net(x[i : i + 256]).softmax(-1) for i in range(0, len(x), 256)])
-    return probs.max(-1)
 
 
 def write_rest(net, x: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> None:
@@ -82,7 +75,7 @@ def main() -> None:
         held = set(trained.memory_layers()[0].memory.sample_ids().tolist())
         rest = torch.tensor([i for i, s in enumerate(ids.tolist()) if s not in held])
         base = evaluate(trained, xte, yte, c)
-        confidence, guess = predicted(trained, images[rest])
+        confidence, guess = probabilities(trained, images[rest]).max(-1)
         confident = confidence >= CONFIDENT
         choices = {
             WAYS[0]: (rest, truth[rest]),

@@ -44,12 +44,16 @@ COLUMNS = ["dataset", "network", "regime", "seed", "trained_images", "written_im
 
 
 @torch.no_grad()
+def probabilities(net, x: torch.Tensor) -> torch.Tensor:
+    """Softmax outputs (N, C) of ``net`` in eval mode for images (N, C, H, W), in batches of 256."""
+    net.eval()
+    return torch.cat([net(x[i : i + 256]).softmax(-1) for i in range(0, len(x), 256)])
+
+
 def evaluate(net, x: torch.Tensor, y, num_classes: int) -> dict:
     from medmem.engine.metrics import classification_metrics
 
-    net.eval()
-    probs = torch.cat([net(x[i : i + 256]).softmax(-1) for i in range(0, len(x), 256)])
-    return classification_metrics(probs.numpy(), y, num_classes)
+    return classification_metrics(probabilities(net, x).numpy(), y, num_classes)
 
 
 def main() -> None:
