@@ -251,12 +251,15 @@ class ExternalMemory(nn.Module):
         """Class of the sample owning each entry index (-1 where unknown); same shape as ``index``."""
         return self.row_labels[index // self.tokens]
 
-    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values at ``index`` (B, H, Tq, k) -> two (B, H, Tq, k, Dh) float tensors."""
+    def gather(self, index: torch.Tensor, with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values at ``index`` (B, H, Tq, k) -> two (B, H, Tq, k, Dh) float tensors. With
+        ``with_values=False`` (a read that only weighs labels) the values are an empty tensor, not gathered."""
         b, h, tq, k = index.shape
         flat = index.permute(1, 0, 2, 3).reshape(h, -1)  # (H, B*Tq*k)
         gather_idx = flat[..., None].expand(-1, -1, self.head_dim)
         keys = self.keys.gather(1, gather_idx).float().view(h, b, tq, k, -1).permute(1, 0, 2, 3, 4)
+        if not with_values:
+            return keys, keys.new_zeros(0)
         values = self.values.gather(1, gather_idx).float().view(h, b, tq, k, -1).permute(1, 0, 2, 3, 4)
         return keys, values
 

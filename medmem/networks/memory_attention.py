@@ -191,12 +191,13 @@ class MemorySABlock(SABlock):
     @torch.jit.unused
     def _full_memory(self, qn: torch.Tensor, sample_ids: Optional[torch.Tensor], probe: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Top-k retrieval by ``probe`` (normalised queries or keys, (B, H, Tq, Dh)): cosine of the
-        queries to the found keys (B, H, Tq, k), values (B, H, Tq, k, Dh), validity mask, entry index and
-        the probe's cosine to the found keys (B, H, Tq, k)."""
+        queries to the found keys (B, H, Tq, k), values (B, H, Tq, k, Dh; empty with the ``vote`` combiner,
+        which never mixes them in), validity mask, entry index and the probe's cosine to the found keys (B, H, Tq, k)."""
         found, index = self.memory.search(probe.detach(), self.k, sample_ids, same_token=self.same_token)
-        mem_keys, mem_values = self.memory.gather(index)
+        mixes_values = self.combiner != "vote"
+        mem_keys, mem_values = self.memory.gather(index, with_values=mixes_values)
         cos = torch.einsum("bhqd,bhqkd->bhqk", qn, mem_keys)  # recomputed so gradients reach the query
-        if self.label_aware:
+        if self.label_aware and mixes_values:
             mem_values = mem_values + self.label_values(self.memory.labels_at(index))
         valid = torch.isfinite(found)
         return cos, mem_values, valid, index, found.masked_fill(~valid, -1.0)
