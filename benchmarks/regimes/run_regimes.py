@@ -163,6 +163,15 @@ def unit_features(net, x):
     return torch.nn.functional.normalize(f, dim=-1).numpy()
 
 
+def probabilities(net, x):
+    """Softmax outputs (N, C) of ``net`` in eval mode for images (N, C, H, W), in batches of 256, no gradient."""
+    import torch
+
+    net.eval()
+    with torch.no_grad():
+        return torch.cat([net(x[i : i + 256]).softmax(-1) for i in range(0, len(x), 256)])
+
+
 def load_arrays(dataset: str, split: str, regime: int | None, size: int, channels: int):
     import numpy as np
     import torch
@@ -233,9 +242,7 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(unit_features(net, xtr), ytr)
     probs = _full_proba(knn, unit_features(net, xte), len(manifest["classes"]))
     if fuse > 0:
-        with torch.no_grad():
-            head = torch.cat([net(xte[i : i + 256]).softmax(-1) for i in range(0, len(xte), 256)]).numpy()
-        probs = (1 - fuse) * head + fuse * probs
+        probs = (1 - fuse) * probabilities(net, xte).numpy() + fuse * probs
     m = classification_metrics(probs, yte, len(manifest["classes"]))
     return {"train_images": len(ytr), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
 

@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_vote import load  # noqa: E402
-from run_regimes import DATASETS, NETWORKS, REPO, load_arrays, require_data_root  # noqa: E402
-from write_vs_train import evaluate, probabilities  # noqa: E402
+from run_regimes import DATASETS, NETWORKS, REPO, load_arrays, probabilities, require_data_root  # noqa: E402
+from write_vs_train import evaluate  # noqa: E402
 
 CONFIDENT = 0.9
 WAYS = ("labelled", "unknown", "pseudo", f"pseudo, p >= {CONFIDENT:g}")

@@ -34,6 +34,7 @@ from run_regimes import (  # noqa: E402
     REPO,
     build,
     load_arrays,
+    probabilities,
     read_all_results,
     read_rows,
     require_data_root,
@@ -41,13 +42,6 @@ from run_regimes import (  # noqa: E402
 )
 
 COLUMNS = ["dataset", "network", "regime", "seed", "trained_images", "written_images", "write_s", "acc_trained", "acc_written", "acc_written_proto", "acc_written_assign", "auc_trained", "auc_written", "vit_knn_all_acc", "vit100_acc", "gap_closed", "vote_w_tuned", "acc_written_tuned", "gap_closed_tuned"]
-
-
-@torch.no_grad()
-def probabilities(net, x: torch.Tensor) -> torch.Tensor:
-    """Softmax outputs (N, C) of ``net`` in eval mode for images (N, C, H, W), in batches of 256."""
-    net.eval()
-    return torch.cat([net(x[i : i + 256]).softmax(-1) for i in range(0, len(x), 256)])
 
 
 def evaluate(net, x: torch.Tensor, y, num_classes: int) -> dict:
