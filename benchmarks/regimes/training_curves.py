@@ -60,6 +60,8 @@ def main() -> None:
     p.add_argument("--regimes", nargs="+", type=int, default=[1, 3, 10, 30, 100])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--root", default=str(REPO / "runs" / "regimes"))
+    p.add_argument("--out", help="Markdown file to write (default benchmarks/results/training_curves_<dataset>.md); "
+                   "give another name when the runs behind the default file are no longer on disk, so that file is kept")
     args = p.parse_args()
     from medmem.atomic import write_text_atomic
 
@@ -88,7 +90,7 @@ def main() -> None:
         f"# Validation curves of the regime study ({args.dataset})",
         "",
         f"Made by `python benchmarks/regimes/training_curves.py --dataset {args.dataset} --networks {' '.join(args.networks)} "
-        f"--regimes {' '.join(map(str, args.regimes))}` (machine: {platform.machine()}, {os.cpu_count()} CPU cores) from the runs' TensorBoard logs",
+        f"--regimes {' '.join(map(str, args.regimes))}{f' --out {args.out}' if args.out else ''}` (machine: {platform.machine()}, {os.cpu_count()} CPU cores) from the runs' TensorBoard logs",
         f"(validation ACC, ten points per run). `plateau at`: share of the epoch budget at which validation ACC first came within {WITHIN * 100:g} point",
         f"of the run's best; `late gain`: last point minus the best point before {LATE * 100:g}% of the budget, in points (per seed in brackets).",
         "Mean over the seeds found.",
@@ -97,7 +99,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
         *rows,
     ]
-    out = REPO / "benchmarks" / "results" / f"training_curves_{args.dataset}.md"
+    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"training_curves_{args.dataset}.md"
     write_text_atomic("\n".join(lines) + "\n", out)
     print(f"wrote {out}")
 
