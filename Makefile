@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 MEDMEM_DATA_ROOT ?= $(abspath ../shared/datasets)
 export MEDMEM_DATA_ROOT
 
-.PHONY: install test test-slow demo manifests clean label-env label-server
+.PHONY: install test test-slow lint demo manifests clean label-env label-server
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,11 @@ label-server: $(LABEL_VENV)/.installed
 
 test: $(VENV)/.installed $(LABEL_VENV)/.installed
 	$(PY) -m pytest -q
+
+# ruff with the settings in pyproject.toml (not part of `make test`; installed on first use)
+lint: $(VENV)/.installed
+	$(PY) -m pip install -q 'ruff>=0.6'
+	$(PY) -m ruff check apps benchmarks medmem tests
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
