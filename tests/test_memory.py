@@ -413,7 +413,7 @@ def test_vote_combiner_keeps_features_and_reads_only_labels():
     head = torch.softmax(plain(x[:3]), -1)
     torch.testing.assert_close(fused, 0.5 * head + 0.5 * layer.last_vote)
     assert (fused - head).abs().max() > 1e-3  # the vote does move the output
-    layer.memory.values.fill_(float("nan"))  # the values never reach the output (nor are they gathered)
+    layer.memory.values.fill_(float("nan"))  # the values never reach the output
     torch.testing.assert_close(model(x[:3]).exp(), fused)
     with pytest.raises(ValueError, match="memory_vote > 0"):
         tiny_vit(combiner="vote")
