@@ -87,6 +87,8 @@ def test_evaluate_summarize_export_infer(trained, tmp_path):
     assert summary["validation_prototypes"]["acc"] == summary[f"validation_{kept}_prototypes"]["acc"]
     deploy = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert int(deploy["blocks.1.attn.memory.num_rows"]) == 0  # the full memory is not shipped
+    card = json.loads((out / "models" / "model.json").read_text())
+    assert card["augmentation"] == {"rotate90": True, "intensity": True}  # the bundle's recipe, for fine-tuning elsewhere
 
     cases = json.loads((out / "models" / "memory_cases.json").read_text())["cases"]
     assert len(cases) == int(deploy_rows := torch.load(out / "models" / "model_full.pt", weights_only=True)["blocks.1.attn.memory.num_rows"])

@@ -15,13 +15,13 @@ from medmem.networks import MemoryViT
 CLASSES = ["a", "b", "c"]
 
 
-def make_model_dir(tmp_path, n: int = 12, **kw):
+def make_model_dir(tmp_path, n: int = 12, augmentation: dict | None = None, **kw):
     torch.manual_seed(0)
     net = MemoryViT(1, 16, 4, 3, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=4, num_prototypes=4, **kw)
     x, y = torch.randn(n, 1, 16, 16), torch.arange(n) % 3
     net.write_memory(x, torch.arange(n), y)
     torch.save(net.state_dict(), tmp_path / "model_full.pt")
-    write_model_card(net, str(tmp_path / "model.json"), CLASSES, {}, None)
+    write_model_card(net, str(tmp_path / "model.json"), CLASSES, {}, None, augmentation)
     return ModelDirectory(tmp_path, user="tester")
 
 
@@ -213,3 +213,17 @@ def test_tune_vote_keeps_a_vote_combiner_model_loadable(tmp_path):
     md.save()
     net, card = load_deployable(str(tmp_path / "model.pt"))
     assert card["network"]["memory_vote"] == net.memory_vote == 0.1
+
+
+def test_fine_tuning_transforms_follow_the_card_and_survive_a_save(tmp_path):
+    (tmp_path / "old").mkdir()
+    old = make_model_dir(tmp_path / "old")  # a card without the recipe: the earlier fine-tuning chain
+    names = [type(t).__name__ for t in old.train_transforms.transforms]
+    assert "RandRotate90d" in names and "RandAdjustContrastd" not in names
+    (tmp_path / "xray").mkdir()
+    xray = make_model_dir(tmp_path / "xray", augmentation={"rotate90": False, "intensity": True})
+    names = [type(t).__name__ for t in xray.train_transforms.transforms]
+    assert "RandRotate90d" not in names and {"RandAdjustContrastd", "RandScaleIntensityd"} <= set(names)
+    xray.add(new_items(2), source="site")
+    xray.save()  # rewrites the card: the recipe must still be there
+    assert json.loads((tmp_path / "xray" / "model.json").read_text())["augmentation"] == {"rotate90": False, "intensity": True}

@@ -50,6 +50,7 @@ def summarize_checkpoint(
     device: torch.device | str = "cpu",
     class_names: list[str] | None = None,
     training_datalist: list[dict] | None = None,
+    augmentation: dict | None = None,
 ) -> dict:
     """Load a trained full-memory checkpoint, summarise its memory, write the deployable checkpoint.
 
@@ -57,7 +58,9 @@ def summarize_checkpoint(
     only if their validation accuracy is at least the k-means ones' (``prototypes_kept`` in the report).
     The report (JSON) holds validation ACC/AUC/F1 with the full memory and with the prototypes, their
     difference, and the network time of both on the validation split. A model card ``<output>.json``
-    beside the checkpoint (see :func:`write_model_card`) lets ``medmem predict`` use it on its own.
+    beside the checkpoint (see :func:`write_model_card`) lets ``medmem predict`` use it on its own;
+    ``augmentation`` (the training recipe's ``train_transforms`` switches) goes into it so that fine-tuning
+    elsewhere (the MONAI Label app) augments as the network was trained.
     """
     network.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
     network.to(device)
@@ -71,7 +74,7 @@ def summarize_checkpoint(
     write_json_atomic({"cases": memory_case_table(memory_ids, training_datalist or [], class_names or [])}, Path(output_path).parent / "memory_cases.json")
     torch_save_atomic(network.state_dict(), output_path)
     threshold = familiarity_threshold(network, val_batches, device)
-    write_model_card(network, str(output_path).rsplit(".", 1)[0] + ".json", class_names or [], training_cases, threshold)
+    write_model_card(network, str(output_path).rsplit(".", 1)[0] + ".json", class_names or [], training_cases, threshold, augmentation)
     report = {
         "checkpoint": str(checkpoint),
         "deployable": str(output_path),
@@ -179,9 +182,15 @@ def familiarity_threshold(network: torch.nn.Module, batches: Iterable[dict], dev
     return float(torch.quantile(torch.cat(scores), quantile)) if scores else None
 
 
-def write_model_card(network: torch.nn.Module, path: str, class_names: list[str], training_cases: dict, ood_threshold: float | None = None) -> None:
+def write_model_card(
+    network: torch.nn.Module, path: str, class_names: list[str], training_cases: dict, ood_threshold: float | None = None, augmentation: dict | None = None
+) -> None:
     """JSON beside a deployable checkpoint: how to build the network, its input, its classes, the
-    out-of-distribution threshold, and the training cases (relative path, class; no patient data)
-    behind its prototypes."""
-    card = {"network": dict(network.config), "class_names": list(class_names), "ood_threshold": ood_threshold, "training_cases": training_cases}
+    out-of-distribution threshold, the training cases (relative path, class; no patient data)
+    behind its prototypes, and the training augmentation (keyword arguments of
+    :func:`medmem.data.train_transforms`, e.g. ``{"rotate90": false, "intensity": true}``; ``None`` when unknown)."""
+    card = {
+        "network": dict(network.config), "class_names": list(class_names), "ood_threshold": ood_threshold,
+        "training_cases": training_cases, "augmentation": augmentation,
+    }  # fmt: skip
     write_json_atomic(card, path)

@@ -81,6 +81,16 @@ class ModelDirectory:
         cfg = self.card["network"]
         return eval_transforms(cfg["img_size"][0], cfg["in_channels"], cfg["spatial_dims"])
 
+    @functools.cached_property
+    def train_transforms(self):
+        """The training transforms the card records (``augmentation``), for fine-tuning with the recipe the
+        network was trained with. Cards written before bundle 0.3.1 have none: right-angle turns on, intensity
+        jitter off, as fine-tuning did then."""
+        from medmem.data import train_transforms
+
+        cfg, recipe = self.card["network"], {"rotate90": True, "intensity": False, **(self.card.get("augmentation") or {})}
+        return train_transforms(cfg["img_size"][0], cfg["in_channels"], cfg["spatial_dims"], **recipe)
+
     def _name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else "unknown"
 
@@ -217,7 +227,7 @@ class ModelDirectory:
         write_json_atomic({"cases": self.cases}, self.cases_path)
         members = {int(i) for layer in self.network.memory_layers() for i in layer.proto_members.flatten().tolist() if i >= 0}
         training_cases = {str(s): [self.cases[str(s)]["case_id"], self.cases[str(s)]["label"]] for s in sorted(members) if str(s) in self.cases}
-        write_model_card(deployable, str(self.card_path), self.class_names, training_cases, self.card.get("ood_threshold"))
+        write_model_card(deployable, str(self.card_path), self.class_names, training_cases, self.card.get("ood_threshold"), self.card.get("augmentation"))
 
     def _audit(self, action: str, case_ids: list[str], checksum_before: str, extra: dict | None = None) -> None:
         """Append one line (flushed and synced) to the audit log; case ids only as hashes."""

@@ -21,7 +21,6 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from lib.memory_model import LABEL_KEY, MemoryModel
-from medmem.data import train_transforms
 from medmem.engine.metrics import stack_pred_label
 from medmem.memory.editing import ModelDirectory
 
@@ -90,8 +89,7 @@ class MemoryFinetune(BasicTrainTask):
         return None
 
     def train_pre_transforms(self, context: Context):
-        cfg = self.model.directory.card["network"]
-        return train_transforms(cfg["img_size"][0], cfg["in_channels"], cfg["spatial_dims"])
+        return self.model.directory.train_transforms  # the recipe the model card records
 
     def val_pre_transforms(self, context: Context):
         return self.model.transforms
