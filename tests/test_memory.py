@@ -423,3 +423,19 @@ def test_vote_combiner_scripts_in_prototypes_mode():
     model = tiny_vit(memory_match="same_token", memory_retrieval="key", memory_vote=0.5, combiner="vote", memory_mode="prototypes").eval()
     x = torch.randn(2, 1, 16, 16)
     torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+
+
+def test_token_keys_reads_one_token_of_each_row():
+    g = torch.Generator().manual_seed(3)
+    mem = ExternalMemory(H, DH, T, momentum=0.0, capacity=2)  # grows past its capacity
+    keys = torch.randn(6, H, T, DH, generator=g)
+    ids = torch.tensor([40, 41, 42, 43, 44, 45])
+    mem.write(keys, torch.randn(6, H, T, DH, generator=g), ids)
+    expected = F.normalize(keys, dim=-1)  # (B, H, T, Dh) as stored
+    torch.testing.assert_close(mem.token_keys(0), expected[:, :, 0].transpose(0, 1))  # (H, rows, Dh), row order
+    torch.testing.assert_close(mem.token_keys(3, torch.tensor([45, 40])), expected[[5, 0], :, 3].transpose(0, 1))
+    assert not torch.allclose(mem.token_keys(0)[:, 1:], mem.keys[:, 1:6])  # slot r is not row r's class token
+    with pytest.raises(KeyError, match="99"):
+        mem.token_keys(0, torch.tensor([40, 99]))
+    with pytest.raises(IndexError):
+        mem.token_keys(T)

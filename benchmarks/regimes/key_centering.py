@@ -69,7 +69,7 @@ def main() -> None:
         net.load_state_dict(torch.load(run, map_location="cpu", weights_only=True))
         memory = net.memory_layers()[0].memory
         n = memory.num_written
-        keys, labels = memory.keys[:, 0 : n * memory.tokens : memory.tokens].float(), memory.row_labels[:n]  # token 0 of each row
+        keys, labels = memory.token_keys(0).float(), memory.row_labels[:n]  # class-token key of each row
         queries = test_keys(net, xte)
         mean = keys.mean(1)  # (H, Dh)
         centred_keys, centred_queries = F.normalize(keys - mean[:, None], dim=-1), F.normalize(queries - mean[None], dim=-1)

@@ -48,13 +48,6 @@ def write_images(net, images: torch.Tensor, ids: torch.Tensor, labels: torch.Ten
         net.write_memory(images[i : i + batch], ids[i : i + batch], labels[i : i + batch])
 
 
-def class_token_keys(memory, ids: torch.Tensor) -> torch.Tensor:
-    """The stored class-token keys (H, N, Dh) of samples ``ids`` (N,), in that order. A row holds every token of its
-    image (``memory.tokens`` slots, the class token first), so row r's class token is slot r * tokens."""
-    rows = torch.tensor([memory.id_to_row[int(s)] for s in ids])
-    return memory.keys[:, rows * memory.tokens].clone()
-
-
 def key_cosine(trained: torch.Tensor, refreshed: torch.Tensor) -> float:
     """Mean cosine of matching rows of two (H, N, Dh) key sets, both L2-normalised by the store."""
     return float((trained.float() * refreshed.float()).sum(-1).mean())
@@ -81,7 +74,7 @@ def measure(dataset: str, network: str, regime: int, seed: int, views: int, runs
     xte, yte, xva, yva = tensors["xte"], tensors["yte"], tensors["xva"], tensors["yva"]
     row = {"dataset": dataset, "network": network, "regime": regime, "seed": seed, "rows": len(items), "views": views}
     row["val_acc_trained"], trained = evaluate(net, xva, yva, c)["acc"], evaluate(net, xte, yte, c)
-    old_keys = class_token_keys(memory, ids)
+    old_keys = memory.token_keys(0, ids).clone()
 
     clean = torch.stack(
         [medmem.data.eval_transforms(cfg["image_size"], cfg["in_channels"])({"image": d["image"]})["image"] for d in items]
@@ -89,7 +82,7 @@ def measure(dataset: str, network: str, regime: int, seed: int, views: int, runs
     for layer in net.memory_layers():
         layer.memory.clear()
     write_images(net, clean, ids, labels)
-    fresh_keys = class_token_keys(memory, ids)
+    fresh_keys = memory.token_keys(0, ids).clone()
     row["key_cosine"] = round(key_cosine(old_keys, fresh_keys), 4)
     gram = torch.einsum("hnd,hmd->hnm", fresh_keys.float(), fresh_keys.float())
     n = len(items)
@@ -103,7 +96,7 @@ def measure(dataset: str, network: str, regime: int, seed: int, views: int, runs
         augmented = torch.stack([torch.as_tensor(chain({"image": d["image"]})["image"]) for d in items])
         write_images(net, augmented, ids + v * VIEW_ID_STRIDE, labels)
     if views:
-        view_keys = [class_token_keys(memory, ids + v * VIEW_ID_STRIDE) for v in range(1, views + 1)]
+        view_keys = [memory.token_keys(0, ids + v * VIEW_ID_STRIDE) for v in range(1, views + 1)]
         row["view_cosine"] = round(sum(key_cosine(fresh_keys, k) for k in view_keys) / views, 4)
     row["val_acc_views"], with_views = evaluate(net, xva, yva, c)["acc"], evaluate(net, xte, yte, c)
     for name, m in (("trained", trained), ("refreshed", refreshed), ("views", with_views)):

@@ -35,7 +35,7 @@ def memory_contrastive_loss(layer: torch.nn.Module, labels: torch.Tensor, temper
     n = memory.num_written
     if n == 0:
         return keys.sum() * 0.0
-    bank = memory.keys[:, 0 : n * memory.tokens : memory.tokens].float()  # (H, n, Dh): class-token slot of each row
+    bank = memory.token_keys(0).float()  # (H, n, Dh): class-token key of each row
     bank_labels = memory.row_labels[:n]
     q = F.normalize(keys.float(), dim=-1)  # (B, H, Dh)
     logits = torch.einsum("bhd,hnd->bhn", q, bank) / temperature  # (B, H, n)

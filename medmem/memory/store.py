@@ -67,6 +67,21 @@ class ExternalMemory(nn.Module):
         """(n,) ids of the written samples, in row order."""
         return self.row_ids[: self.num_written].clone()
 
+    def token_keys(self, position: int = 0, sample_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Keys (H, R, Dh) of one token position (0: the class token) of every written row in row order, or of
+        ``sample_ids`` (R,) in that order. A row holds ``tokens`` consecutive slots, so row r's token j is slot
+        ``r * tokens + j``: indexing the slot axis by row numbers reads unrelated tokens."""
+        if not 0 <= position < self.tokens:
+            raise IndexError(f"token position {position} outside 0..{self.tokens - 1}")
+        if sample_ids is None:
+            rows = torch.arange(self.num_written, device=self.keys.device)
+        else:
+            missing = [int(s) for s in sample_ids.reshape(-1).tolist() if int(s) not in self.id_to_row]
+            if missing:
+                raise KeyError(f"samples not in the memory: {missing[:5]}")
+            rows = torch.tensor([self.id_to_row[int(s)] for s in sample_ids.reshape(-1).tolist()], dtype=torch.long, device=self.keys.device)
+        return self.keys[:, rows * self.tokens + position]
+
     def _grow(self, rows_needed: int) -> None:
         capacity = self.row_ids.shape[0]
         if rows_needed <= capacity:
