@@ -29,17 +29,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import DATASETS, NETWORKS, REPO, build, load_arrays, probabilities, read_rows, require_data_root  # noqa: E402
+from run_regimes import DATASETS, NETWORKS, REPO, build, load_arrays, read_rows, require_data_root  # noqa: E402
+from write_vs_train import evaluate  # noqa: E402
 
 COLUMNS = ["dataset", "network", "regime", "seed", "rows", "views", "key_cosine", "view_cosine", "other_cosine", "val_acc_trained", "val_acc_refreshed", "val_acc_views",
            "acc_trained", "acc_refreshed", "acc_views", "auc_trained", "auc_refreshed", "auc_views"]  # fmt: skip
 VIEW_ID_STRIDE = 10_000_000  # view v of sample s is written as s + v * stride: every copy its own row
-
-
-def evaluate(net, x: torch.Tensor, y, num_classes: int) -> dict:
-    from medmem.engine.metrics import classification_metrics
-
-    return classification_metrics(probabilities(net, x).numpy(), y, num_classes)
 
 
 def write_images(net, images: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> None:
@@ -76,9 +71,7 @@ def measure(dataset: str, network: str, regime: int, seed: int, views: int, runs
     row["val_acc_trained"], trained = evaluate(net, xva, yva, c)["acc"], evaluate(net, xte, yte, c)
     old_keys = memory.token_keys(0, ids).clone()
 
-    clean = torch.stack(
-        [medmem.data.eval_transforms(cfg["image_size"], cfg["in_channels"])({"image": d["image"]})["image"] for d in items]
-    )
+    clean, _ = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])  # same datalist order as ``items``
     for layer in net.memory_layers():
         layer.memory.clear()
     write_images(net, clean, ids, labels)
