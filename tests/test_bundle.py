@@ -58,9 +58,20 @@ def test_train_writes_checkpoints_with_memory(trained):
 
 def test_resume_continues_from_last_epoch(trained, tmp_path):
     out, overrides = trained
+    models = out / "models"
+    # the last checkpoint carries the best-model record; make its best score unbeatable, so that a resumed
+    # validation that replaced model_full.pt could only mean the record was not restored
+    last = torch.load(models / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    (score, name), = last["best_model_saver"]["_saved"]
+    assert 0.0 <= score <= 1.0 and score == last["best_model_saver"]["best_metric"]
+    last["best_model_saver"] = {"_saved": [(2.0, name)], "best_metric": 2.0, "best_metric_epoch": 1}
+    torch.save(last, models / "checkpoint_epoch=2.pt")
+    best_before = (models / "model_full.pt").read_bytes()
     result = bundle("run", ["train.json"], {**overrides, "epochs": 3, "resume": True})
-    last = torch.load(out / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=False)
+    last = torch.load(models / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=False)
     assert last["trainer"]["iteration"] == 3 * last["trainer"]["epoch_length"]
+    assert (models / "model_full.pt").read_bytes() == best_before  # epoch 3 validated below the best: kept
+    assert last["best_model_saver"]["_saved"][0][0] == 2.0 and "best value: 2.0 at epoch: 1" in result.stdout + result.stderr
     from medmem.engine import find_last_checkpoint
 
     assert find_last_checkpoint(out / "models").endswith("checkpoint_epoch=3.pt")

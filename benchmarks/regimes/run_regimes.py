@@ -129,8 +129,9 @@ def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Pat
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    if not (out / "models" / "model_full.pt").exists():
-        bundle(["train.json"], overrides, log)
+    # a run stopped part-way leaves a model_full.pt (its best so far): only the last epoch's checkpoint means "trained"
+    if not (out / "models" / f"checkpoint_epoch={epochs}.pt").exists():
+        bundle(["train.json"], {**overrides, "resume": True}, log)
     eval_mode = mode
     if model.endswith("_proto"):
         bundle(["train.json", "summarize.json"], overrides, log)

@@ -1,12 +1,105 @@
-"""Finding checkpoints and manifests for the bundle configs."""
+"""Checkpoints for the bundle configs: saving them safely, finding the last one, resolving manifests."""
 
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
+from typing import Any, Mapping
+
+import monai.handlers
+from ignite.engine import Engine
+from ignite.handlers import DiskSaver
 
 import medmem
+
+
+class ReplacingDiskSaver(DiskSaver):
+    """ignite's ``DiskSaver`` that writes atomically and removes old files only after the new one is saved.
+
+    ignite's ``Checkpoint`` removes the file it is about to supersede, then saves the new one: a kill in between
+    leaves no last-epoch checkpoint, or, with a fixed file name such as ``model_full.pt``, no best model at all.
+    Here removals wait for the next save; a fixed-name file is never removed, since the save replaces it.
+
+    Args:
+        dirname: the folder the files go to.
+        filename: a fixed file name for every save (MONAI's ``key_metric_filename``), or None for ignite's names.
+    """
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+        super().__init__(dirname=dirname, atomic=True, require_empty=False)
+        self.filename = filename
+        self._superseded: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, self.filename or filename, metadata)
+        if self.filename is None:
+            for old in self._superseded:
+                super().remove(old)
+        self._superseded = []
+
+    def remove(self, filename: str) -> None:
+        self._superseded.append(filename)
+
+
+class CheckpointSaver(monai.handlers.CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` whose files survive a crash and whose best-model record survives a resume.
+
+    - Saves go through ``ReplacingDiskSaver``: MONAI writes in place (``atomic=False``, because older ignite left the
+      temporary file readable by its owner only; the pinned ignite restores group and other read) and deletes
+      ``model_full.pt`` before writing its successor, so a kill during a save could lose the best model.
+    - MONAI can load the key-metric record (``load_state_dict``) but only saves it inside the best-model file itself
+      (``key_metric_save_state``), which would turn ``model_full.pt`` from a plain state dict into a dict of objects.
+      ``state_dict`` lets the last-epoch checkpoint carry the record instead; without it the first validation after
+      a resume overwrites ``model_full.pt`` however badly it scores. The evaluator's best metric and epoch travel
+      with it, so the log's "best value" stays right across a resume.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._key_metric_checkpoint, self._interval_checkpoint, self._final_checkpoint):
+            if checkpoint is not None:
+                monai_saver = checkpoint.save_handler
+                checkpoint.save_handler = ReplacingDiskSaver(monai_saver.dirname, monai_saver.filename)
+        self._engine: Engine | None = None
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        self._engine = engine
+
+    def state_dict(self) -> dict:
+        """The best-model record: ``{"_saved": [(score, filename)], "best_metric", "best_metric_epoch"}``."""
+        if self._key_metric_checkpoint is None:
+            raise ValueError("this CheckpointSaver keeps no best model (save_key_metric is False), so it has no record to save")
+        state: dict = {"_saved": self._key_metric_checkpoint.state_dict()["_saved"]}
+        if self._engine is not None:
+            state["best_metric"] = float(getattr(self._engine.state, "best_metric", -1))
+            state["best_metric_epoch"] = int(getattr(self._engine.state, "best_metric_epoch", -1))
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict({"_saved": state_dict["_saved"]})
+        if self._engine is not None and "best_metric" in state_dict:
+            self._engine.state.best_metric = state_dict["best_metric"]
+            self._engine.state.best_metric_epoch = state_dict["best_metric_epoch"]
+
+
+def objects_in_checkpoint(checkpoint: str | os.PathLike | None, objects: dict[str, Any]) -> dict[str, Any]:
+    """``objects`` less those that the checkpoint file does not hold, with a warning naming them.
+
+    A checkpoint written by an older bundle lacks newer entries (the best-model record); ignite would refuse to load it.
+    """
+    if checkpoint is None:
+        return objects
+    import warnings
+
+    import torch
+
+    held = torch.load(checkpoint, map_location="cpu", weights_only=True).keys()
+    missing = sorted(set(objects) - set(held))
+    if missing:
+        warnings.warn(f"{checkpoint} holds no {', '.join(missing)} (written by an older bundle); resuming without them", stacklevel=2)
+    return {k: v for k, v in objects.items() if k in held}
 
 
 def find_last_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
