@@ -72,6 +72,7 @@ def test_resume_continues_from_last_epoch(trained, tmp_path):
     assert last["trainer"]["iteration"] == 3 * last["trainer"]["epoch_length"]
     assert (models / "model_full.pt").read_bytes() == best_before  # epoch 3 validated below the best: kept
     assert last["best_model_saver"]["_saved"][0][0] == 2.0 and "best value: 2.0 at epoch: 1" in result.stdout + result.stderr
+    assert sorted(p.name for p in models.iterdir()) == ["checkpoint_epoch=3.pt", "model_full.pt"]  # epoch 2's was superseded
     from medmem.engine import find_last_checkpoint
 
     assert find_last_checkpoint(out / "models").endswith("checkpoint_epoch=3.pt")

@@ -113,11 +113,22 @@ def train_images(manifest: dict, regime: int) -> int:
     return len(manifest["regimes"][str(regime)]) if str(regime) in manifest["regimes"] else len(manifest["training"])
 
 
+def planned_epochs(manifest: dict, network: str, regime: int) -> int:
+    """Epochs that give ``network`` the regime's step budget (``STEPS``, times its ``step_scale``)."""
+    return math.ceil(STEPS[regime] * NETWORKS[network].get("step_scale", 1) / math.ceil(train_images(manifest, regime) / BATCH))
+
+
+def finished(run_dir: Path, epochs: int) -> bool:
+    """Whether a bundle run trained all its epochs: a run stopped part-way already has a model_full.pt (its best so far)."""
+    return (run_dir / "models" / f"checkpoint_epoch={epochs}.pt").exists()
+
+
 def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Path, manifest: dict) -> dict:
     n = train_images(manifest, regime)
     network = model.removesuffix("_proto")
     settings = dict(NETWORKS[network])
-    epochs = math.ceil(STEPS[regime] * settings.pop("step_scale", 1) / math.ceil(n / BATCH))
+    settings.pop("step_scale", None)
+    epochs = planned_epochs(manifest, network, regime)
     mode = settings["memory_mode"]
     out = runs / dataset / f"{network}_r{regime}_s{seed}"
     overrides = {
@@ -129,8 +140,7 @@ def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Pat
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    # a run stopped part-way leaves a model_full.pt (its best so far): only the last epoch's checkpoint means "trained"
-    if not (out / "models" / f"checkpoint_epoch={epochs}.pt").exists():
+    if not finished(out, epochs):  # a new run, or one stopped part-way: resumed from its last epoch
         bundle(["train.json"], {**overrides, "resume": True}, log)
     eval_mode = mode
     if model.endswith("_proto"):
@@ -231,9 +241,10 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     from medmem.engine.metrics import classification_metrics
 
     start = time.time()
-    ckpt = runs / dataset / f"{plain}_r{regime}_s{seed}" / "models" / "model_full.pt"
-    if not ckpt.exists():
-        raise FileNotFoundError(f"{ckpt}: train the {plain} cell first")
+    run_dir = runs / dataset / f"{plain}_r{regime}_s{seed}"
+    if not finished(run_dir, planned_epochs(manifest, plain, regime)):
+        raise FileNotFoundError(f"{run_dir}: train the {plain} cell first (no final-epoch checkpoint)")
+    ckpt = run_dir / "models" / "model_full.pt"
     cfg = DATASETS[dataset]
     net = build(dataset, plain, len(manifest["classes"]))
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))

@@ -67,6 +67,20 @@ class CheckpointSaver(monai.handlers.CheckpointSaver):
         super().attach(engine)
         self._engine = engine
 
+    def adopt(self, checkpoint: str | os.PathLike | None) -> None:
+        """Count an existing ``checkpoint_epoch=N.pt`` (the one a resume starts from) as this saver's latest save.
+
+        Without it the resumed saver's list of files is empty, the next save keeps the old file beside the new, and
+        each resume leaves one more checkpoint behind. ``None`` (not resuming) does nothing.
+        """
+        if checkpoint is None or self._interval_checkpoint is None:
+            return
+        name = Path(checkpoint).name
+        found = re.search(r"epoch=(\d+)", name)
+        if found is None:
+            raise ValueError(f"{checkpoint}: not a checkpoint_epoch=N.pt file, cannot adopt it")
+        self._interval_checkpoint.load_state_dict({"_saved": [(int(found.group(1)), name)]})
+
     def state_dict(self) -> dict:
         """The best-model record: ``{"_saved": [(score, filename)], "best_metric", "best_metric_epoch"}``."""
         if self._key_metric_checkpoint is None:
