@@ -51,6 +51,55 @@ DATASET_NOTES = {
 }
 
 
+# issue #6's targets, per results file: (memory network, plain network, k-NN reference over the plain one)
+TARGET_MODELS = {"regimes_conv_stem": ("movit_cs", "vit_cs", "vit_cs_knn"), "regimes": ("movit", "vit", "vit_knn")}
+
+
+def mean_of(group: list[dict], metric: str) -> float:
+    return statistics.mean(float(r[metric]) for r in group)
+
+
+def target_lines(cells: dict, memory: str, plain: str, knn: str) -> list[str]:
+    """Markdown for issue #6's targets, computed from the cells (test split, points = 100 x difference of means).
+
+    1. the memory network beats the plain one and the k-NN reference in mean ACC and mean AUC at every regime <= 10%;
+    2. on pbc_blood_cells_96 the memory network at 3% is within 2 ACC points of the plain network at 100%;
+    3. prototypes lose at most 0.5 ACC points against the full memory (read speed: memory_speed*.md).
+    """
+    pts = lambda a, b: f"{100 * (a - b):+.1f}"  # noqa: E731
+    lines = ["## Targets (issue #6), computed from the rows above", "",
+             f"1. `{memory}` ahead of `{plain}` and `{knn}` in mean test ACC and mean AUC at every regime <= 10% (points; "
+             "per-seed ACC differences pair runs of the same seed and regime split).", "",
+             f"| dataset | regime % | n | ACC − {plain} | ACC − {knn} | AUC − {plain} | AUC − {knn} | per-seed ACC − {plain} | met |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    cells_met = []
+    for dataset, model, regime in sorted(cells):
+        if model != memory or regime > 10 or (dataset, plain, regime) not in cells or (dataset, knn, regime) not in cells:
+            continue
+        mem, pl, kn = cells[(dataset, memory, regime)], cells[(dataset, plain, regime)], cells[(dataset, knn, regime)]
+        deltas = [mean_of(mem, m) - mean_of(ref, m) for m in ("acc", "auc") for ref in (pl, kn)]
+        by_seed = {r["seed"]: float(r["acc"]) for r in pl}
+        paired = ", ".join(pts(float(r["acc"]), by_seed[r["seed"]]) for r in sorted(mem, key=lambda r: int(r["seed"])) if r["seed"] in by_seed)
+        met = all(d > 0 for d in deltas)
+        cells_met.append(met)
+        lines.append(f"| {dataset} | {regime} | {len(mem)} | " + " | ".join(f"{100 * d:+.1f}" for d in deltas) + f" | {paired} | {'yes' if met else 'no'} |")
+    lines += ["", f"Met in {sum(cells_met)} of {len(cells_met)} measured cells.", ""]
+    full, small = cells.get(("pbc_blood_cells_96", plain, 100)), cells.get(("pbc_blood_cells_96", memory, 3))
+    if full and small:
+        gap = mean_of(full, "acc") - mean_of(small, "acc")
+        lines += [f"2. PBC: `{memory}` at 3% {mean_of(small, 'acc'):.3f} against `{plain}` at 100% {mean_of(full, 'acc'):.3f}: "
+                  f"{100 * gap:.1f} points behind (target: within 2): {'met' if gap <= 0.02 else 'not met'}.", ""]  # fmt: skip
+    proto = [(d, g) for d, m, g in sorted(cells) if m == f"{memory}_proto" and (d, memory, g) in cells]
+    if proto:
+        lines += [f"3. `{memory}_proto` (256 prototypes) against the full memory, mean test ACC (target: at most 0.5 points lost):", "",
+                  "| dataset | regime % | n | ACC prototypes − full | met |", "|---|---|---|---|---|"]  # fmt: skip
+        for d, g in proto:
+            diff = mean_of(cells[(d, f"{memory}_proto", g)], "acc") - mean_of(cells[(d, memory, g)], "acc")
+            lines.append(f"| {d} | {g} | {len(cells[(d, f'{memory}_proto', g)])} | {100 * diff:+.1f} | {'yes' if diff >= -0.005 else 'no'} |")
+        lines.append("")
+    return lines
+
+
 def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -99,6 +148,8 @@ def main() -> None:
             lines += ["", DATASET_NOTES[dataset]]
         lines += ["", f"![{dataset}]({name}_{dataset}.png)", ""]
         plot(dataset, cells, Path(args.csv).parent / f"{name}_{dataset}.png", atomic_path, models)
+    if name in TARGET_MODELS:
+        lines += target_lines(cells, *TARGET_MODELS[name])
     lines = [ln.replace("| steps |", "| epochs |") for ln in lines]
     write_text_atomic("\n".join(lines) + "\n", Path(args.csv).with_suffix(".md"))
     print("\n".join(lines))
