@@ -90,7 +90,7 @@ def main() -> None:
         f"# Validation curves of the regime study ({args.dataset})",
         "",
         f"Made by `python benchmarks/regimes/training_curves.py --dataset {args.dataset} --networks {' '.join(args.networks)} "
-        f"--regimes {' '.join(map(str, args.regimes))}{f' --out {args.out}' if args.out else ''}` (machine: {platform.machine()}, {os.cpu_count()} CPU cores) from the runs' TensorBoard logs",
+        f"--regimes {' '.join(map(str, args.regimes))} --seeds {' '.join(map(str, args.seeds))}{f' --out {args.out}' if args.out else ''}` (machine: {platform.machine()}, {os.cpu_count()} CPU cores) from the runs' TensorBoard logs",
         f"(validation ACC, ten points per run). `plateau at`: share of the epoch budget at which validation ACC first came within {WITHIN * 100:g} point",
         f"of the run's best; `late gain`: last point minus the best point before {LATE * 100:g}% of the budget, in points (per seed in brackets).",
         "Mean over the seeds found.",
