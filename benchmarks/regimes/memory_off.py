@@ -33,24 +33,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import DATASETS, NETWORKS, REPO, build, load_arrays, require_data_root  # noqa: E402
+from head_vs_vote import load  # noqa: E402
+from run_regimes import DATASETS, NETWORKS, REPO, finished, load_arrays, planned_epochs, require_data_root, unit_features  # noqa: E402
 from write_vs_train import evaluate  # noqa: E402
 
 VARIANTS = ("plain", "full", "no vote", "memory off")
 READ = ("feature cos", "read / residual", "attn / residual", "gate")
 
 
-def load(dataset: str, network: str, run: Path, num_classes: int):
-    net = build(dataset, network, num_classes)
-    net.load_state_dict(torch.load(run / "models" / "model_full.pt", map_location="cpu", weights_only=True))
-    return net.eval()
-
-
-def measure(dataset: str, network: str, regime: int, seed: int, runs: Path, x: torch.Tensor, y, c: int) -> dict | None:
-    """ACC and AUC of the four variants for one seed, or None when either trained run is missing."""
+def measure(dataset: str, network: str, regime: int, seed: int, runs: Path, manifest: dict, x: torch.Tensor, y) -> dict | None:
+    """ACC and AUC of the four variants for one seed, or None when either trained run is missing or unfinished."""
+    c = len(manifest["classes"])
     plain_network = network.replace("movit", "vit", 1)
     memory_run, plain_run = (runs / dataset / f"{n}_r{regime}_s{seed}" for n in (network, plain_network))
-    if not all((r / "models" / "model_full.pt").exists() for r in (memory_run, plain_run)):
+    if not all(finished(r, planned_epochs(manifest, n, regime)) for r, n in ((memory_run, network), (plain_run, plain_network))):
         print(f"skip {dataset} {network} r{regime} s{seed}: {memory_run} or {plain_run} is not trained", file=sys.stderr)
         return None
     results = {"plain": evaluate(load(dataset, plain_network, plain_run, c), x, y, c)}
@@ -69,8 +65,6 @@ def measure(dataset: str, network: str, regime: int, seed: int, runs: Path, x: t
 
 def read_size(net, x: torch.Tensor) -> dict:
     """How far the memory read moves the class token of images (N, C, H, W); see the module docstring."""
-    from run_regimes import unit_features
-
     layer = net.memory_layers()[0]
     block = next(b for b in net.blocks if b.attn is layer)
     seen: dict = {}
@@ -112,11 +106,11 @@ def main() -> None:
         if dataset not in DATASETS or NETWORKS.get(network, {}).get("memory_mode") != "full":
             sys.exit(f"{cell}: expected dataset:network:regime with a known dataset and a full-memory network")
         cfg = DATASETS[dataset]
-        c = len(medmem.data.load_manifest(medmem.engine.resolve_manifest(dataset))["classes"])
+        manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(dataset))
         x, y = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
         per_seed = {}
         for seed in args.seeds:
-            results = measure(dataset, network, int(regime), seed, Path(args.runs), x, y, c)
+            results = measure(dataset, network, int(regime), seed, Path(args.runs), manifest, x, y)
             if results is not None:
                 per_seed[seed] = results
                 rows.append(f"| {dataset} | {network} | {regime} | {seed} | " + " | ".join(f"{results[v]['acc']:.3f} / {results[v]['auc']:.3f}" for v in VARIANTS)
