@@ -21,11 +21,12 @@ from torch import nn
 from medmem.memory.vote import fused
 from medmem.networks.conv_stem import ConvStemEmbedding
 from medmem.networks.memory_attention import MEMORY_MODES, MemorySABlock, MemoryTransformerBlock, ViTBlock
+from medmem.networks.neighbour_readout import READOUTS, NeighbourReadout
 
 # Settings that shape the memory: a memory saved under one of these cannot serve another.
 VOTE_TRAINING = ("fused", "separate")
 STEMS = ("patch", "conv")
-FINGERPRINT_KEYS = ("in_channels", "img_size", "patch_size", "spatial_dims", "hidden_size", "num_heads", "num_layers", "memory_blocks", "stem")
+FINGERPRINT_KEYS = ("in_channels", "img_size", "patch_size", "spatial_dims", "hidden_size", "num_heads", "num_layers", "memory_blocks", "stem", "readout")
 
 
 class MemoryViT(nn.Module):
@@ -70,6 +71,12 @@ class MemoryViT(nn.Module):
             cross-entropy term; outside training the output is fused as above. Why: through the fused
             output the head's gradient is scaled down wherever the (at first random) vote is right or
             wrong, and it learned slower than a plain ViT's head (10% PBC study, docs/design.md).
+        readout: what the classifier reads: ``linear`` (the class-token features) or ``neighbours`` (the features
+            plus what the ``readout_k`` nearest training images' features and labels say,
+            :class:`~medmem.networks.neighbour_readout.NeighbourReadout`; its feature bank follows ``memory_mode``
+            ``off``/``full`` and ``atma_momentum``; combine with ``memory_blocks=[]`` for a network whose only
+            memory is the readout's).
+        readout_k: neighbours the ``neighbours`` readout reads per image.
     """
 
     train_vote: Optional[torch.Tensor]
@@ -102,6 +109,8 @@ class MemoryViT(nn.Module):
         memory_vote: float = 0.0,
         memory_vote_training: str = "fused",
         stem: str = "patch",
+        readout: str = "linear",
+        readout_k: int = 32,
     ) -> None:
         super().__init__()
         if memory_mode not in MEMORY_MODES:
@@ -121,8 +130,12 @@ class MemoryViT(nn.Module):
             "combiner": combiner, "num_prototypes": num_prototypes, "memory_queries": memory_queries,
             "memory_backend": memory_backend, "memory_dtype": memory_dtype, "memory_labels": memory_labels,
             "memory_match": memory_match, "memory_retrieval": memory_retrieval, "memory_vote": memory_vote,
-            "memory_vote_training": memory_vote_training, "stem": stem,
+            "memory_vote_training": memory_vote_training, "stem": stem, "readout": readout, "readout_k": readout_k,
         }  # fmt: skip
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        if readout == "neighbours" and memory_mode == "prototypes":
+            raise ValueError("the neighbour readout has no prototype mode: build it with memory_mode 'full' or 'off'")
         if combiner == "vote" and memory_mode != "off" and memory_vote <= 0:
             raise ValueError("combiner 'vote' uses the memory only through the vote: set memory_vote > 0")
         if memory_vote_training not in VOTE_TRAINING:
@@ -156,6 +169,9 @@ class MemoryViT(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_size)
         self.classification_head = nn.Linear(hidden_size, num_classes)
+        self.readout: Optional[NeighbourReadout] = (
+            NeighbourReadout(hidden_size, num_classes, readout_k, atma_momentum, dropout_rate, memory_mode) if readout == "neighbours" else None
+        )
         self.set_memory_vote(memory_vote)
         self.register_buffer("memory_fingerprint", torch.tensor(list(bytes.fromhex(self.fingerprint())), dtype=torch.uint8))
 
@@ -171,7 +187,10 @@ class MemoryViT(nn.Module):
     def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B, num_classes) (log-probabilities with a memory vote, except while training with
         ``memory_vote_training="separate"``). ``sample_ids`` (B,) excludes each image's own memory entries."""
-        logits = self.classification_head(self.forward_features(x, sample_ids))
+        features = self.forward_features(x, sample_ids)
+        if self.readout is not None:
+            features = self.readout(features, sample_ids)
+        logits = self.classification_head(features)
         self.train_vote = None
         if self.memory_vote > 0:
             vote: Optional[torch.Tensor] = None
@@ -208,10 +227,14 @@ class MemoryViT(nn.Module):
         self.train_vote = None
         for layer in self.memory_layers():
             layer.clear_transient()
+        if self.readout is not None:
+            self.readout.pending = None
 
     def set_memory_mode(self, mode: str) -> None:
         if mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {mode!r}")
+        if self.readout is not None:
+            self.readout.set_mode(mode)
         self.config["memory_mode"] = mode
         for layer in self.memory_layers():
             layer.mode = mode
@@ -221,6 +244,8 @@ class MemoryViT(nn.Module):
         """Write the last training forward's keys/values of every memorising layer."""
         for layer in self.memory_layers():
             layer.commit_memory(sample_ids, labels)
+        if self.readout is not None:
+            self.readout.commit_memory(sample_ids, labels)
 
     @torch.no_grad()
     def write_memory(self, images: torch.Tensor, sample_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
@@ -232,6 +257,8 @@ class MemoryViT(nn.Module):
         self.eval()
         for layer in self.memory_layers():
             layer.training = True  # capture keys/values; everything else stays in eval behaviour
+        if self.readout is not None:
+            self.readout.training = True  # (its dropout module stays in eval behaviour)
         try:
             self.forward(images, sample_ids)
             self.commit_memory(sample_ids, labels)
@@ -239,15 +266,19 @@ class MemoryViT(nn.Module):
             self.train(was_training)
 
     def memory_size(self) -> int:
-        """Samples held by the (first) memorising layer."""
+        """Samples held by the (first) memorising layer, else by the neighbour readout's bank."""
         layers = self.memory_layers()
-        return layers[0].memory.num_written if layers else 0
+        if layers:
+            return layers[0].memory.num_written
+        return self.readout.memory.num_written if self.readout is not None else 0
 
     def fingerprint(self) -> str:
         """sha256 of the settings that shape the memory (not mode, k or combiner)."""
         settings = {k: self.config[k] for k in FINGERPRINT_KEYS}
-        if settings["stem"] == "patch":  # the stem came later: checkpoints made before it keep their fingerprint
-            del settings["stem"]
+        # the stem and the readout came later: checkpoints made before them keep their fingerprint
+        for key, default in (("stem", "patch"), ("readout", "linear")):
+            if settings[key] == default:
+                del settings[key]
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
