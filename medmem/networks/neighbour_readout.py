@@ -70,9 +70,14 @@ class NeighbourReadout(nn.Module):
         """
         if self.training:
             self.pending = features.detach()
-        bank, labels, ids = self.bank()
-        if self.mode == "off" or bank.shape[0] == 0:
+        if self.mode == "off" or self.memory.num_written == 0:
             return features
+        return features + self.read(features, sample_ids)[2]
+
+    def read(self, features: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the bank says about (B, D) features: attention weights (B, k) over the neighbours, their bank
+        rows (B, k) (``bank()`` order; weight 0 where unreadable) and the sum added to the features (B, D)."""
+        bank, labels, ids = self.bank()
         query = self.key_projection(features)  # (B, D)
         keys = self.key_projection(bank)  # (N, D)
         scores = -torch.cdist(query, keys).square()  # (B, N)
@@ -84,7 +89,7 @@ class NeighbourReadout(nn.Module):
         # weights over the readable neighbours only (a bank holding just the image itself reads nothing)
         weights = torch.softmax(top, dim=-1) * readable.gather(1, index)
         values = self.label_embedding(labels[index] + 1) + self.difference(query.unsqueeze(1) - keys[index])  # (B, k, D)
-        return features + torch.einsum("bk,bkd->bd", weights, values)
+        return weights, index, torch.einsum("bk,bkd->bd", weights, values)
 
     @torch.no_grad()
     def commit_memory(self, sample_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
