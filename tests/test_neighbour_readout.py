@@ -102,3 +102,11 @@ def test_readout_checks_its_settings():
         MemoryViT(1, 32, 8, 3, readout="attention", **SMALL)
     with pytest.raises(ValueError, match="no prototype mode"):
         MemoryViT(1, 32, 8, 3, readout="neighbours", memory_mode="prototypes", **SMALL)
+
+
+def test_summarize_refuses_the_readout_with_the_reason(tmp_path):
+    from medmem.engine.summarize import summarize_checkpoint
+
+    net = MemoryViT(1, 32, 8, 3, readout="neighbours", **SMALL)
+    with pytest.raises(ValueError, match="model_full.pt: a network with the neighbour readout has no prototype summary"):
+        summarize_checkpoint(net, "model_full.pt", [], [], str(tmp_path / "m.pt"), str(tmp_path / "r.json"), 16)

@@ -62,6 +62,10 @@ def summarize_checkpoint(
     ``augmentation`` (the training recipe's ``train_transforms`` switches) goes into it so that fine-tuning
     elsewhere (the MONAI Label app) augments as the network was trained.
     """
+    if getattr(network, "readout", None) is not None:
+        raise ValueError(f"{checkpoint}: a network with the neighbour readout has no prototype summary yet; deploy model_full.pt as it is")
+    if not network.memory_layers():
+        raise ValueError(f"{checkpoint}: the network has no memorising block, so there is no memory to summarise")
     network.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
     network.to(device)
     chosen = choose_prototypes(network, train_batches, val_batches, num_prototypes, epochs, lr, seed, device)
