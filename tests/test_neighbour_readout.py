@@ -110,3 +110,16 @@ def test_summarize_refuses_the_readout_with_the_reason(tmp_path):
     net = MemoryViT(1, 32, 8, 3, readout="neighbours", **SMALL)
     with pytest.raises(ValueError, match="model_full.pt: a network with the neighbour readout has no prototype summary"):
         summarize_checkpoint(net, "model_full.pt", [], [], str(tmp_path / "m.pt"), str(tmp_path / "r.json"), 16)
+
+
+def test_without_labels_the_readout_ignores_what_the_neighbours_are():
+    torch.manual_seed(0)
+    features = torch.randn(6, 8)
+    a = filled_readout(features, torch.zeros(6, dtype=torch.long)).eval()
+    b = filled_readout(features, torch.full((6,), 2)).eval()
+    b.load_state_dict(a.state_dict(), strict=False)  # same weights; the banks differ only in their labels
+    b.memory.row_labels[:6] = 2
+    query = torch.randn(3, 8)
+    assert not torch.allclose(a(query), b(query))
+    a.use_labels = b.use_labels = False
+    assert torch.allclose(a(query), b(query))

@@ -88,6 +88,8 @@ NETWORKS = {
     # session 13's design: no memory inside attention, the classifier reads the nearest training images' features and
     # labels (medmem.networks.neighbour_readout); the plain ViT's backbone and the same bank (ATMA, own image excluded)
     "movit_cs_nh": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours"},
+    # ... its neighbours without their labels (only the learned function of the key difference): the labels' part
+    "movit_cs_nh_nolabels": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours", "readout_labels": False},
 }
 
 
@@ -156,7 +158,7 @@ def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Pat
 
 
 # the NETWORKS overrides that are MemoryViT arguments (the rest are bundle settings)
-NET_KEYS = ("memory_vote", "memory_mode", "memory_match", "memory_retrieval", "memory_labels", "memory_k", "atma_momentum", "combiner", "memory_blocks", "memory_queries", "memory_vote_training", "stem", "readout", "readout_k")
+NET_KEYS = ("memory_vote", "memory_mode", "memory_match", "memory_retrieval", "memory_labels", "memory_k", "atma_momentum", "combiner", "memory_blocks", "memory_queries", "memory_vote_training", "stem", "readout", "readout_k", "readout_labels")
 
 
 def build(dataset: str, network: str, num_classes: int):

@@ -77,6 +77,7 @@ class MemoryViT(nn.Module):
             ``off``/``full`` and ``atma_momentum``; combine with ``memory_blocks=[]`` for a network whose only
             memory is the readout's).
         readout_k: neighbours the ``neighbours`` readout reads per image.
+        readout_labels: whether the readout's neighbours bring their label embeddings (``False``: an ablation).
     """
 
     train_vote: Optional[torch.Tensor]
@@ -111,6 +112,7 @@ class MemoryViT(nn.Module):
         stem: str = "patch",
         readout: str = "linear",
         readout_k: int = 32,
+        readout_labels: bool = True,
     ) -> None:
         super().__init__()
         if memory_mode not in MEMORY_MODES:
@@ -131,6 +133,7 @@ class MemoryViT(nn.Module):
             "memory_backend": memory_backend, "memory_dtype": memory_dtype, "memory_labels": memory_labels,
             "memory_match": memory_match, "memory_retrieval": memory_retrieval, "memory_vote": memory_vote,
             "memory_vote_training": memory_vote_training, "stem": stem, "readout": readout, "readout_k": readout_k,
+            "readout_labels": readout_labels,
         }  # fmt: skip
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
@@ -170,7 +173,7 @@ class MemoryViT(nn.Module):
         self.norm = nn.LayerNorm(hidden_size)
         self.classification_head = nn.Linear(hidden_size, num_classes)
         self.readout: Optional[NeighbourReadout] = (
-            NeighbourReadout(hidden_size, num_classes, readout_k, atma_momentum, dropout_rate, memory_mode) if readout == "neighbours" else None
+            NeighbourReadout(hidden_size, num_classes, readout_k, atma_momentum, dropout_rate, memory_mode, readout_labels) if readout == "neighbours" else None
         )
         self.set_memory_vote(memory_vote)
         self.register_buffer("memory_fingerprint", torch.tensor(list(bytes.fromhex(self.fingerprint())), dtype=torch.uint8))

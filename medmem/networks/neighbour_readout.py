@@ -33,13 +33,15 @@ class NeighbourReadout(nn.Module):
         momentum: ATMA momentum of the feature bank (0 = overwrite).
         dropout_rate: dropout inside ``T``.
         mode: ``full`` (read the bank) or ``off`` (return the features unchanged).
+        use_labels: neighbours bring their label embedding (``False``: only ``T`` of the key difference; an ablation
+            that tells the labels' part from that of the extra layers).
     """
 
     pending: Optional[torch.Tensor]
 
-    def __init__(self, hidden_size: int, num_classes: int, k: int = 32, momentum: float = 0.9, dropout_rate: float = 0.0, mode: str = "full") -> None:
+    def __init__(self, hidden_size: int, num_classes: int, k: int = 32, momentum: float = 0.9, dropout_rate: float = 0.0, mode: str = "full", use_labels: bool = True) -> None:
         super().__init__()
-        self.k = k
+        self.k, self.use_labels = k, use_labels
         self.mode = mode
         # one "head", one token per image: a row is one training image's class-token features
         self.memory = ExternalMemory(1, hidden_size, 1, momentum)
@@ -88,7 +90,9 @@ class NeighbourReadout(nn.Module):
         top, index = scores.masked_fill(~readable, -1e30).topk(k, dim=-1)  # (B, k)
         # weights over the readable neighbours only (a bank holding just the image itself reads nothing)
         weights = torch.softmax(top, dim=-1) * readable.gather(1, index)
-        values = self.label_embedding(labels[index] + 1) + self.difference(query.unsqueeze(1) - keys[index])  # (B, k, D)
+        values = self.difference(query.unsqueeze(1) - keys[index])  # (B, k, D)
+        if self.use_labels:
+            values = values + self.label_embedding(labels[index] + 1)
         return weights, index, torch.einsum("bk,bkd->bd", weights, values)
 
     @torch.no_grad()
