@@ -3,5 +3,6 @@
 __version__ = "0.1.0"
 
 from medmem import data, engine, memory, networks  # noqa: E402  (bundle configs use medmem.<sub>.<name>)
+from medmem.flags import as_flag  # noqa: E402  (bundle configs read yes/no settings through it)
 
-__all__ = ["data", "engine", "memory", "networks"]
+__all__ = ["as_flag", "data", "engine", "memory", "networks"]

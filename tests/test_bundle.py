@@ -88,7 +88,8 @@ def test_evaluate_summarize_export_infer(trained, tmp_path):
     assert sum(map(sum, report["confusion_matrix"])) == 3416
     assert (out / "eval_test_full" / "test_confusion.png").stat().st_size > 1000
 
-    bundle("run", ["train.json", "summarize.json"], {**overrides, "summary_epochs": 1})
+    # passed on the command line as the text "false" (as a user types it): recorded as false, not as a true string
+    bundle("run", ["train.json", "summarize.json"], {**overrides, "summary_epochs": 1, "intensity_augment": False})
     summary = json.loads((out / "summary_report.json").read_text())
     assert summary["summary"]["num_prototypes"] == 16 and summary["summary"]["steps"] > 0
     # the kept prototypes are the better of k-means alone and distilled, on validation
@@ -100,7 +101,7 @@ def test_evaluate_summarize_export_infer(trained, tmp_path):
     deploy = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert int(deploy["blocks.1.attn.memory.num_rows"]) == 0  # the full memory is not shipped
     card = json.loads((out / "models" / "model.json").read_text())
-    assert card["augmentation"] == {"rotate90": True, "intensity": True}  # the bundle's recipe, for fine-tuning elsewhere
+    assert card["augmentation"] == {"rotate90": True, "intensity": False}  # the bundle's recipe, for fine-tuning elsewhere
 
     cases = json.loads((out / "models" / "memory_cases.json").read_text())["cases"]
     assert len(cases) == int(deploy_rows := torch.load(out / "models" / "model_full.pt", weights_only=True)["blocks.1.attn.memory.num_rows"])

@@ -123,3 +123,8 @@ def test_without_labels_the_readout_ignores_what_the_neighbours_are():
     assert not torch.allclose(a(query), b(query))
     a.use_labels = b.use_labels = False
     assert torch.allclose(a(query), b(query))
+
+
+def test_yes_no_arguments_given_as_text_mean_what_they_say():
+    net = MemoryViT(1, 32, 8, 3, readout="neighbours", readout_labels="false", **SMALL)
+    assert net.readout.use_labels is False and net.config["readout_labels"] is False

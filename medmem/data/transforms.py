@@ -35,6 +35,7 @@ from monai.transforms import (
 )
 
 from medmem.data.readers import DicomReader, ImageLoadError, NativeEndianNibabelReader, NpzReader
+from medmem.flags import as_flag
 
 SLICE_POLICIES = ("middle", "max_area")
 
@@ -241,6 +242,7 @@ def intensity_augmentations(keys: Sequence[str] = ("image",)) -> list:
 def augmentations(spatial_dims: int = 2, keys: Sequence[str] = ("image",), rotate90: bool = True, intensity: bool = False) -> list:
     """Label-preserving augmentation for training only: flips, right-angle turns, small affine, and with
     ``intensity`` the gamma and colour jitter of :func:`intensity_augmentations`."""
+    rotate90, intensity = as_flag(rotate90, "rotate90"), as_flag(intensity, "intensity_augment")
     augs: list = [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
     if rotate90 and spatial_dims == 2:
         augs.append(RandRotate90d(keys, prob=0.5, max_k=3))

@@ -18,6 +18,7 @@ from monai.networks.blocks import PatchEmbeddingBlock
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
+from medmem.flags import as_flag
 from medmem.memory.vote import fused
 from medmem.networks.conv_stem import ConvStemEmbedding
 from medmem.networks.memory_attention import MEMORY_MODES, MemorySABlock, MemoryTransformerBlock, ViTBlock
@@ -117,6 +118,8 @@ class MemoryViT(nn.Module):
         super().__init__()
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
+        # bundle overrides arrive as text ('false' would be true)
+        qkv_bias, memory_labels, readout_labels = (as_flag(v, n) for v, n in ((qkv_bias, "qkv_bias"), (memory_labels, "memory_labels"), (readout_labels, "readout_labels")))
         img_size = tuple(ensure_tuple_rep(img_size, spatial_dims))
         patch_size = tuple(ensure_tuple_rep(patch_size, spatial_dims))
         for i, p in zip(img_size, patch_size):
