@@ -2,12 +2,12 @@
 
     python benchmarks/regimes/readout_use.py --cells pneumoniamnist:3 brain_tumor_mri_training:1 --seeds 0 1 2
 
-For each trained study run ``movit_cs_nh_r<R>_s<seed>`` (seeds whose run is missing or unfinished, or that have no
-committed ``vit_cs`` row, are skipped), test ACC and macro AUC of:
+For each trained study run ``movit_cs_ia_nh_r<R>_s<seed>`` (seeds whose run is missing or unfinished, or that have no
+committed ``vit_cs_ia`` row, are skipped), test ACC and macro AUC of:
 
-- ``plain``, ``k-NN``, ``memory ViT``: the committed study rows of ``vit_cs`` (same backbone, linear readout),
-  ``vit_cs_knn`` (k-NN over its features) and ``movit_cs`` (the memory read in attention plus the fused vote) of the
-  same dataset, regime and seed (``-`` where not run);
+- ``plain``, ``k-NN``, ``memory ViT``: the committed study rows of ``vit_cs_ia`` (same backbone and recipe, linear
+  readout), ``vit_cs_ia_knn`` (k-NN over its features) and ``movit_cs_ia`` (the memory read in attention plus the fused
+  vote) of the same dataset, regime and seed (``-`` where not run);
 - ``readout``: the network as trained (features plus what its ``k`` nearest training images say);
 - ``readout off``: the same weights with the readout switched off (the classifier sees the bare features).
 
@@ -33,8 +33,8 @@ from head_vs_vote import load  # noqa: E402
 from run_regimes import DATASETS, REPO, finished, load_arrays, planned_epochs, read_all_results, require_data_root  # noqa: E402
 from write_vs_train import evaluate  # noqa: E402
 
-NETWORK = "movit_cs_nh"
-COMMITTED = {"plain": "vit_cs", "k-NN": "vit_cs_knn", "memory ViT": "movit_cs"}
+NETWORK = "movit_cs_ia_nh"
+COMMITTED = {"plain": "vit_cs_ia", "k-NN": "vit_cs_ia_knn", "memory ViT": "movit_cs_ia"}
 VARIANTS = (*COMMITTED, "readout", "readout off")
 READ = ("added / features", "changed predictions", "true-label weight", "nearest-k purity")
 

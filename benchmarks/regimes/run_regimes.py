@@ -34,10 +34,13 @@ COLUMNS = ["dataset", "model", "regime", "seed", "train_images", "epochs", "acc"
 DATASETS = {
     "pbc_blood_cells_96": {"image_size": 64, "patch_size": 8, "in_channels": 3, "rotate90": True},
     "lc25000_64": {"image_size": 64, "patch_size": 8, "in_channels": 3, "rotate90": True},
-    "brain_tumor_mri": {"image_size": 64, "patch_size": 8, "in_channels": 1, "rotate90": False},
-    "brain_tumor_mri_training": {"image_size": 64, "patch_size": 8, "in_channels": 1, "rotate90": False},
-    "pneumoniamnist": {"image_size": 28, "patch_size": 4, "in_channels": 1, "rotate90": False},
+    "brain_tumor_mri": {"image_size": 64, "patch_size": 8, "in_channels": 1, "rotate90": True},
+    "brain_tumor_mri_training": {"image_size": 64, "patch_size": 8, "in_channels": 1, "rotate90": True},
+    "pneumoniamnist": {"image_size": 28, "patch_size": 4, "in_channels": 1, "rotate90": True},
 }
+# rotate90 True for the grayscale sets too: this driver passed False for them until session 13, and the bundle read the
+# text 'false' as true (fixed in bundle 0.3.3), so every committed row was trained with right-angle turns; kept so
+# that a rerun reproduces them (docs/design.md, "Session 13")
 # optimiser steps per regime (percent of the training split): the same for every network
 STEPS = {1: 300, 3: 500, 10: 800, 30: 1000, 100: 1500}
 BATCH = 64
@@ -86,10 +89,12 @@ NETWORKS = {
     "vit_cs_ia": {"memory_mode": "off", "stem": "conv", "intensity_augment": True},
     "movit_cs_ia": {**MOVIT, "stem": "conv", "intensity_augment": True},
     # session 13's design: no memory inside attention, the classifier reads the nearest training images' features and
-    # labels (medmem.networks.neighbour_readout); the plain ViT's backbone and the same bank (ATMA, own image excluded)
-    "movit_cs_nh": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours"},
+    # labels (medmem.networks.neighbour_readout); the plain ViT's backbone and the same bank (ATMA, own image excluded).
+    # With the jitter (the bundle's recipe), so its references are vit_cs_ia / movit_cs_ia / vit_cs_ia_knn.
+    "movit_cs_ia_nh": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours", "intensity_augment": True},
     # ... its neighbours without their labels (only the learned function of the key difference): the labels' part
-    "movit_cs_nh_nolabels": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours", "readout_labels": False},
+    "movit_cs_ia_nh_nolabels": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours",
+                                "readout_labels": False, "intensity_augment": True},
 }
 
 
