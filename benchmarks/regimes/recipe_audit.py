@@ -1,0 +1,106 @@
+"""Which augmentation did each committed study row really train with? (the 'false'-read-as-true bug, session 13)
+
+    python benchmarks/regimes/recipe_audit.py
+
+Until bundle 0.3.3 the bundle read ``--rotate90 false`` and ``--intensity_augment false`` (the text the command line
+hands it) as true. ``run_regimes.py`` passed ``rotate90 false`` for PneumoniaMNIST and brain MRI from the start, and
+``intensity_augment false`` for every network not named ``*_ia`` from commit 9c6700d (session 9, when the bundle's
+default became true). So:
+
+- every trained row had right-angle turns, the grayscale sets included;
+- a row named as geometry-only was trained with the gamma/colour jitter if its run passed ``intensity_augment`` at all.
+
+For each trained row (``epochs`` > 0) of the committed results, this reads what its run passed from the run's log
+(``runs/regimes/<dataset>/<network>_r<R>_s<seed>.log``, the bundle's input summary) where the log is still on disk,
+and otherwise dates the row: the commit that added it (``git blame``) after 9c6700d means the driver passed the
+text (``after``), before means it passed nothing and the bundle's default of the time (off) applied (``before``; one
+commit made just after 9c6700d holds runs trained before it, see ``TRAINED_BEFORE_SWITCH``; a training call of
+those lanes in the minutes between could have read the new default, so their ``no`` is ``likely``). Writes ``benchmarks/results/recipe_audit.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_regimes import REPO, RESULT_FILES  # noqa: E402
+
+SWITCH = "9c6700d"  # the commit from which run_regimes passed intensity_augment false to every network not named *_ia
+# rows committed after SWITCH but trained before it: session 9's 1% lanes ran for hours before 9c6700d (09:03 UTC) and were
+# committed 7 minutes after it; all later rows come from lanes started after it
+TRAINED_BEFORE_SWITCH = ("6e0f881",)
+
+
+def row_commits(path: Path) -> list[str]:
+    """The commit that added each data line of a committed CSV (``git blame``), in file order."""
+    out = subprocess.run(["git", "blame", "--line-porcelain", "HEAD", "--", str(path)], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    commits = [line.split()[0] for line in out.splitlines() if re.match(r"^[0-9a-f]{40} \d+ \d+", line)]
+    return commits[1:]  # the header line
+
+
+def after_switch(commit: str, cache: dict) -> bool:
+    if commit.startswith(TRAINED_BEFORE_SWITCH):
+        return False
+    if commit not in cache:
+        cache[commit] = subprocess.run(["git", "merge-base", "--is-ancestor", SWITCH, commit], cwd=REPO).returncode == 0
+    return cache[commit]
+
+
+def logged_recipe(log: Path) -> str | None:
+    """'turns <value>, jitter <value>' as the first bundle call of the run passed them (None without a log)."""
+    if not log.exists():
+        return None
+    text = log.read_text(errors="replace")
+    rot = re.search(r"> rotate90: (.*)", text)
+    jit = re.search(r"> intensity_augment: (.*)", text)
+    return f"rotate90 {rot.group(1).strip() if rot else '(not passed)'}, intensity_augment {jit.group(1).strip() if jit else '(not passed)'}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default=str(REPO / "runs" / "regimes"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "recipe_audit.md"))
+    args = p.parse_args()
+    from medmem.atomic import write_text_atomic
+
+    cache: dict = {}
+    cells: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
+    for name in RESULT_FILES:
+        path = REPO / "benchmarks" / "results" / name
+        rows = list(csv.DictReader(open(path)))
+        for row, commit in zip(rows, row_commits(path)):
+            if row["epochs"] == "0":
+                continue  # k-NN and logreg rows train nothing
+            network = row["model"].removesuffix("_proto")
+            log = Path(args.runs) / row["dataset"] / f"{network}_r{row['regime']}_s{row['seed']}.log"
+            cells[(name, row["dataset"], row["model"], int(row["regime"]))].append((logged_recipe(log) or "no log", "after" if after_switch(commit, cache) else "before"))
+    lines = [
+        "# Which augmentation each committed study row trained with",
+        "",
+        "Made by `python benchmarks/regimes/recipe_audit.py` (see its docstring). Until bundle 0.3.3 the text `false` was read as",
+        "true: every row below was trained with right-angle turns, and every row whose run passed `intensity_augment` (in its",
+        "log as `'false'` or `'true'`, or added after commit 9c6700d) was trained with the gamma/colour jitter, whatever its name.",
+        "",
+        "| results file | dataset | model | regime % | seeds | what the run logs say | rows added before / after 9c6700d | jitter |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, dataset, model, regime), found in sorted(cells.items()):
+        logs = sorted({r for r, _ in found})
+        before, after = sum(d == "before" for _, d in found), sum(d == "after" for _, d in found)
+        named = "_ia" in model
+        jittered = named or after == len(found) or all("intensity_augment '" in r for r, _ in found)
+        mixed = not named and 0 < after < len(found)
+        verdict = "yes" if jittered else "mixed" if mixed else "no (likely)" if any(r == "no log" for r, _ in found) else "no"
+        lines.append(f"| {name} | {dataset} | {model} | {regime} | {len(found)} | {'; '.join(logs)} | {before} / {after} | {verdict} |")
+    write_text_atomic("\n".join(lines) + "\n", Path(args.out))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
