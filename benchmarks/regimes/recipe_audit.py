@@ -38,8 +38,9 @@ TRAINED_BEFORE_SWITCH = ("6e0f881",)
 
 
 def row_commits(path: Path) -> list[str]:
-    """The commit that added each data line of a committed CSV (``git blame``), in file order."""
-    out = subprocess.run(["git", "blame", "--line-porcelain", "HEAD", "--", str(path)], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    """The commit that added each data line of a results CSV (``git blame`` of the working file; all zeros: not committed
+    yet), in file order."""
+    out = subprocess.run(["git", "blame", "--line-porcelain", "--", str(path)], cwd=REPO, capture_output=True, text=True, check=True).stdout
     commits = [line.split()[0] for line in out.splitlines() if re.match(r"^[0-9a-f]{40} \d+ \d+", line)]
     return commits[1:]  # the header line
 
@@ -47,6 +48,8 @@ def row_commits(path: Path) -> list[str]:
 def after_switch(commit: str, cache: dict) -> bool:
     if commit.startswith(TRAINED_BEFORE_SWITCH):
         return False
+    if set(commit) == {"0"}:
+        return True  # a row not committed yet comes from this code
     if commit not in cache:
         cache[commit] = subprocess.run(["git", "merge-base", "--is-ancestor", SWITCH, commit], cwd=REPO).returncode == 0
     return cache[commit]
@@ -62,13 +65,9 @@ def logged_recipe(log: Path) -> str | None:
     return f"rotate90 {rot.group(1).strip() if rot else '(not passed)'}, intensity_augment {jit.group(1).strip() if jit else '(not passed)'}"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", default=str(REPO / "runs" / "regimes"))
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "recipe_audit.md"))
-    args = p.parse_args()
-    from medmem.atomic import write_text_atomic
-
+def audit(runs: Path) -> dict[tuple, dict]:
+    """Per trained cell (results file, dataset, model, regime): seeds, what the logs say, rows before/after the switch,
+    and ``jitter``: ``yes``, ``mixed``, ``no`` or ``no (likely)`` (no log left, dated before the switch)."""
     cache: dict = {}
     cells: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
     for name in RESULT_FILES:
@@ -78,8 +77,29 @@ def main() -> None:
             if row["epochs"] == "0":
                 continue  # k-NN and logreg rows train nothing
             network = row["model"].removesuffix("_proto")
-            log = Path(args.runs) / row["dataset"] / f"{network}_r{row['regime']}_s{row['seed']}.log"
+            log = runs / row["dataset"] / f"{network}_r{row['regime']}_s{row['seed']}.log"
             cells[(name, row["dataset"], row["model"], int(row["regime"]))].append((logged_recipe(log) or "no log", "after" if after_switch(commit, cache) else "before"))
+    out = {}
+    for key, found in cells.items():
+        logs = sorted({r for r, _ in found})
+        after = sum(d == "after" for _, d in found)
+        if "_ia" in key[2] or after == len(found) or all("intensity_augment '" in r for r, _ in found):
+            verdict = "yes"
+        elif after:
+            verdict = "mixed"
+        else:
+            verdict = "no (likely)" if any(r == "no log" for r, _ in found) else "no"
+        out[key] = {"seeds": len(found), "logs": "; ".join(logs), "before": len(found) - after, "after": after, "jitter": verdict}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default=str(REPO / "runs" / "regimes"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "recipe_audit.md"))
+    args = p.parse_args()
+    from medmem.atomic import write_text_atomic
+
     lines = [
         "# Which augmentation each committed study row trained with",
         "",
@@ -90,14 +110,8 @@ def main() -> None:
         "| results file | dataset | model | regime % | seeds | what the run logs say | rows added before / after 9c6700d | jitter |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (name, dataset, model, regime), found in sorted(cells.items()):
-        logs = sorted({r for r, _ in found})
-        before, after = sum(d == "before" for _, d in found), sum(d == "after" for _, d in found)
-        named = "_ia" in model
-        jittered = named or after == len(found) or all("intensity_augment '" in r for r, _ in found)
-        mixed = not named and 0 < after < len(found)
-        verdict = "yes" if jittered else "mixed" if mixed else "no (likely)" if any(r == "no log" for r, _ in found) else "no"
-        lines.append(f"| {name} | {dataset} | {model} | {regime} | {len(found)} | {'; '.join(logs)} | {before} / {after} | {verdict} |")
+    for (name, dataset, model, regime), a in sorted(audit(Path(args.runs)).items()):
+        lines.append(f"| {name} | {dataset} | {model} | {regime} | {a['seeds']} | {a['logs']} | {a['before']} / {a['after']} | {a['jitter']} |")
     write_text_atomic("\n".join(lines) + "\n", Path(args.out))
     print("\n".join(lines))
 

@@ -13,6 +13,7 @@ import argparse
 import csv
 import platform
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -105,6 +106,13 @@ def target_lines(cells: dict, memory: str, plain: str, knn: str) -> list[str]:
     return lines
 
 
+def jitter_of(recipes: dict, dataset: str, model: str, regime: int) -> str:
+    """A cell's jitter: trained cells from the audit, k-NN cells that of the network whose features they read, logreg none."""
+    if model == "logreg":
+        return "none"
+    return recipes.get((dataset, model.split("_knn")[0], regime), "?")
+
+
 def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -135,8 +143,19 @@ def main() -> None:
         f"Machine: {platform.machine()}, 2 CPU cores, no GPU; torch {torch.__version__}, MONAI {monai.__version__}.",
         "",
     ] + ([note, ""] if note else [])
+    # what each trained cell really trained with (bundle < 0.3.3 read the text 'false' as true)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from recipe_audit import audit
+
+    recipes = {k[1:]: v["jitter"] for k, v in audit(REPO / "runs" / "regimes").items() if k[0] == Path(args.csv).name}
+    lines += [
+        "Augmentation: every trained row had right-angle turns and flips, and the `jitter` column says whether it also had the",
+        "gamma/colour jitter, whatever the model's name says (until bundle 0.3.3 the text `false` was read as true;",
+        "[recipe_audit.md](recipe_audit.md), `python benchmarks/regimes/recipe_audit.py`). Compare cells of one recipe.",
+        "",
+    ]
     for dataset in sorted({k[0] for k in cells}):
-        lines += [f"## {dataset}", "", "| model | regime % | train images | n | ACC | macro AUC | macro F1 | steps | wall s (mean) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {dataset}", "", "| model | regime % | train images | n | ACC | macro AUC | macro F1 | steps | jitter | wall s (mean) |", "|---|---|---|---|---|---|---|---|---|---|"]
         models = MODELS + sorted({k[1] for k in cells if k[0] == dataset} - set(MODELS))
         for model in models:
             for regime in sorted({k[2] for k in cells if k[0] == dataset}):
@@ -147,7 +166,8 @@ def main() -> None:
                 epochs = group[0]["epochs"]
                 lines.append(
                     f"| {model} | {regime} | {group[0]['train_images']} | {len(group)} | {mean_std(acc)} | {mean_std(auc)} | {mean_std(f1)} | "
-                    f"{epochs if epochs != '0' else '-'} | {statistics.mean(float(r['wall_s']) for r in group):.0f} |"
+                    f"{epochs if epochs != '0' else '-'} | {jitter_of(recipes, dataset, model, regime)} | "
+                    f"{statistics.mean(float(r['wall_s']) for r in group):.0f} |"
                 )
         if dataset in DATASET_NOTES:
             lines += ["", DATASET_NOTES[dataset]]
