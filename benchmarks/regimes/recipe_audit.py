@@ -10,12 +10,13 @@ default became true). So:
 - every trained row had right-angle turns, the grayscale sets included;
 - a row named as geometry-only was trained with the gamma/colour jitter if its run passed ``intensity_augment`` at all.
 
-For each trained row (``epochs`` > 0) of the committed results, this reads what its run passed from the run's log
-(``runs/regimes/<dataset>/<network>_r<R>_s<seed>.log``, the bundle's input summary) where the log is still on disk,
-and otherwise dates the row: the commit that added it (``git blame``) after 9c6700d means the driver passed the
-text (``after``), before means it passed nothing and the bundle's default of the time (off) applied (``before``; one
-commit made just after 9c6700d holds runs trained before it, see ``TRAINED_BEFORE_SWITCH``; a training call of
-those lanes in the minutes between could have read the new default, so their ``no`` is ``likely``). Writes ``benchmarks/results/recipe_audit.md``.
+For each trained row (``epochs`` > 0) of the committed results, the commit that added it (``git blame``) dates it:
+``before`` 9c6700d (the driver passed no jitter setting, the bundle's default was off), ``between`` it and the fix
+a2bcd69 (every run passed the text, and had the jitter), or ``fixed`` (the recipe its name says). Two commits hold runs
+trained earlier than their commit says (``TRAINED_BEFORE_SWITCH``, ``TRAINED_BEFORE_FIX``); a training call of the
+session-9 lanes in the 7 minutes between 9c6700d and their commit could have read the new default. What the run logs
+still on disk passed (``runs/regimes/<dataset>/<network>_r<R>_s<seed>.log``, the bundle's input summary) is shown
+as evidence. Writes ``benchmarks/results/recipe_audit.md``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ SWITCH = "9c6700d"  # the commit from which run_regimes passed intensity_augment
 # rows committed after SWITCH but trained before it: session 9's 1% lanes ran for hours before 9c6700d (09:03 UTC) and were
 # committed 7 minutes after it; all later rows come from lanes started after it
 TRAINED_BEFORE_SWITCH = ("6e0f881",)
+FIX = "a2bcd69"  # bundle 0.3.3 reads the text 'false' as false: from here a row trains with the recipe its name says
+# rows committed after FIX but trained by lanes started before it (LC25000 10% seed 2)
+TRAINED_BEFORE_FIX = ("99dd062",)
 
 
 def row_commits(path: Path) -> list[str]:
@@ -45,14 +49,22 @@ def row_commits(path: Path) -> list[str]:
     return commits[1:]  # the header line
 
 
-def after_switch(commit: str, cache: dict) -> bool:
-    if commit.startswith(TRAINED_BEFORE_SWITCH):
-        return False
+def is_after(commit: str, ancestor: str, cache: dict) -> bool:
     if set(commit) == {"0"}:
-        return True  # a row not committed yet comes from this code
-    if commit not in cache:
-        cache[commit] = subprocess.run(["git", "merge-base", "--is-ancestor", SWITCH, commit], cwd=REPO).returncode == 0
-    return cache[commit]
+        return True  # a row not committed yet comes from the current code
+    if (commit, ancestor) not in cache:
+        cache[(commit, ancestor)] = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=REPO).returncode == 0
+    return cache[(commit, ancestor)]
+
+
+def period(commit: str, cache: dict) -> str:
+    """``before`` 9c6700d (the driver passed no jitter setting; the bundle default was off), ``between`` it and the fix
+    (the text 'false' switched the jitter on), or ``fixed`` (the row trained with the recipe its name says)."""
+    if commit.startswith(TRAINED_BEFORE_SWITCH) or not is_after(commit, SWITCH, cache):
+        return "before"
+    if commit.startswith(TRAINED_BEFORE_FIX) or not is_after(commit, FIX, cache):
+        return "between"
+    return "fixed"
 
 
 def logged_recipe(log: Path) -> str | None:
@@ -66,8 +78,8 @@ def logged_recipe(log: Path) -> str | None:
 
 
 def audit(runs: Path) -> dict[tuple, dict]:
-    """Per trained cell (results file, dataset, model, regime): seeds, what the logs say, rows before/after the switch,
-    and ``jitter``: ``yes``, ``mixed``, ``no`` or ``no (likely)`` (no log left, dated before the switch)."""
+    """Per trained cell (results file, dataset, model, regime): seeds, what the logs say, rows per period (see
+    :func:`period`), and ``jitter``: ``yes``, ``no`` or ``mixed``."""
     cache: dict = {}
     cells: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
     for name in RESULT_FILES:
@@ -78,18 +90,15 @@ def audit(runs: Path) -> dict[tuple, dict]:
                 continue  # k-NN and logreg rows train nothing
             network = row["model"].removesuffix("_proto")
             log = runs / row["dataset"] / f"{network}_r{row['regime']}_s{row['seed']}.log"
-            cells[(name, row["dataset"], row["model"], int(row["regime"]))].append((logged_recipe(log) or "no log", "after" if after_switch(commit, cache) else "before"))
+            cells[(name, row["dataset"], row["model"], int(row["regime"]))].append((logged_recipe(log) or "no log", period(commit, cache)))
     out = {}
     for key, found in cells.items():
-        logs = sorted({r for r, _ in found})
-        after = sum(d == "after" for _, d in found)
-        if "_ia" in key[2] or after == len(found) or all("intensity_augment '" in r for r, _ in found):
-            verdict = "yes"
-        elif after:
-            verdict = "mixed"
-        else:
-            verdict = "no (likely)" if any(r == "no log" for r, _ in found) else "no"
-        out[key] = {"seeds": len(found), "logs": "; ".join(logs), "before": len(found) - after, "after": after, "jitter": verdict}
+        named = "_ia" in key[2]
+        # between the switch and the fix every run passed the setting as text, which switched the jitter on
+        jittered = [named or when == "between" for _, when in found]
+        verdict = "yes" if all(jittered) else "no" if not any(jittered) else "mixed"
+        counts = {w: sum(when == w for _, when in found) for w in ("before", "between", "fixed")}
+        out[key] = {"seeds": len(found), "logs": "; ".join(sorted({r for r, _ in found})), **counts, "jitter": verdict}
     return out
 
 
@@ -103,15 +112,17 @@ def main() -> None:
     lines = [
         "# Which augmentation each committed study row trained with",
         "",
-        "Made by `python benchmarks/regimes/recipe_audit.py` (see its docstring). Until bundle 0.3.3 the text `false` was read as",
-        "true: every row below was trained with right-angle turns, and every row whose run passed `intensity_augment` (in its",
-        "log as `'false'` or `'true'`, or added after commit 9c6700d) was trained with the gamma/colour jitter, whatever its name.",
+        "Made by `python benchmarks/regimes/recipe_audit.py` (see its docstring). Until bundle 0.3.3 (commit a2bcd69) the text `false`",
+        "was read as true: every row below was trained with right-angle turns, and every row trained between commit 9c6700d and",
+        "the fix, when the driver passed `intensity_augment` to every network, had the gamma/colour jitter, whatever its name.",
+        "Rows from before 9c6700d whose logs are gone are dated by their commit; one commit just after it holds runs trained",
+        "before it (`TRAINED_BEFORE_SWITCH` in the script), so their `no` rests on the lanes' timing.",
         "",
-        "| results file | dataset | model | regime % | seeds | what the run logs say | rows added before / after 9c6700d | jitter |",
+        "| results file | dataset | model | regime % | seeds | what the run logs say | rows before 9c6700d / between / after the fix | jitter |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (name, dataset, model, regime), a in sorted(audit(Path(args.runs)).items()):
-        lines.append(f"| {name} | {dataset} | {model} | {regime} | {a['seeds']} | {a['logs']} | {a['before']} / {a['after']} | {a['jitter']} |")
+        lines.append(f"| {name} | {dataset} | {model} | {regime} | {a['seeds']} | {a['logs']} | {a['before']} / {a['between']} / {a['fixed']} | {a['jitter']} |")
     write_text_atomic("\n".join(lines) + "\n", Path(args.out))
     print("\n".join(lines))
 
