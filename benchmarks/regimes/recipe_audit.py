@@ -30,7 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import REPO, RESULT_FILES  # noqa: E402
+from run_regimes import NETWORKS, REPO, RESULT_FILES, knn_plain_network  # noqa: E402
 
 SWITCH = "9c6700d"  # the commit from which run_regimes passed intensity_augment false to every network not named *_ia
 # rows committed after SWITCH but trained before it: session 9's 1% lanes ran for hours before 9c6700d (09:03 UTC) and were
@@ -102,6 +102,13 @@ def audit(runs: Path) -> dict[tuple, dict]:
     return out
 
 
+def rerun_as(model: str) -> str:
+    """The driver model that reproduces a jittered row named as unjittered (``-`` if the driver has none)."""
+    name = "resnet18_ia" if model == "resnet18" else model.replace("vit_cs", "vit_cs_ia", 1)
+    trained = knn_plain_network(name) or name.removesuffix("_proto")
+    return f"`{name}`" if trained in NETWORKS else "-"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default=str(REPO / "runs" / "regimes"))
@@ -118,11 +125,14 @@ def main() -> None:
         "Rows from before 9c6700d whose logs are gone are dated by their commit; one commit just after it holds runs trained",
         "before it (`TRAINED_BEFORE_SWITCH` in the script), so their `no` rests on the lanes' timing.",
         "",
-        "| results file | dataset | model | regime % | seeds | what the run logs say | rows before 9c6700d / between / after the fix | jitter |",
-        "|---|---|---|---|---|---|---|---|",
+        "To rerun a row that had the jitter though its name says otherwise, run the driver model in the last column.",
+        "",
+        "| results file | dataset | model | regime % | seeds | what the run logs say | rows before 9c6700d / between / after the fix | jitter | rerun as |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, dataset, model, regime), a in sorted(audit(Path(args.runs)).items()):
-        lines.append(f"| {name} | {dataset} | {model} | {regime} | {a['seeds']} | {a['logs']} | {a['before']} / {a['between']} / {a['fixed']} | {a['jitter']} |")
+        lines.append(f"| {name} | {dataset} | {model} | {regime} | {a['seeds']} | {a['logs']} | {a['before']} / {a['between']} / {a['fixed']} | {a['jitter']} | "
+                     f"{rerun_as(model) if a['jitter'] == 'yes' and '_ia' not in model else ''} |")
     write_text_atomic("\n".join(lines) + "\n", Path(args.out))
     print("\n".join(lines))
 

@@ -82,9 +82,14 @@ NETWORKS = {
     "movit_cs_k8": {**MOVIT, "stem": "conv", "memory_k": 8},
     "movit_cs_k128": {**MOVIT, "stem": "conv", "memory_k": 128},
     "resnet18": {"memory_mode": "off", "network_def#_target_": "medmem.networks.ResNetClassifier"},  # CNN reference
+    # ... with the jitter: what the committed PneumoniaMNIST and brain MRI resnet18 rows trained with (see recipe_audit.py)
+    "resnet18_ia": {"memory_mode": "off", "network_def#_target_": "medmem.networks.ResNetClassifier", "intensity_augment": True},
     # budget check: the default pair with three times the regime's optimiser steps (is a regime step- or data-limited?)
     "vit_cs_steps3x": {"memory_mode": "off", "stem": "conv", "step_scale": 3},
     "movit_cs_steps3x": {**MOVIT, "stem": "conv", "step_scale": 3},
+    # ... with the jitter: what session 12's 3x rows trained with (the text 'false' was read as true; docs/design.md "Session 13")
+    "vit_cs_ia_steps3x": {"memory_mode": "off", "stem": "conv", "step_scale": 3, "intensity_augment": True},
+    "movit_cs_ia_steps3x": {**MOVIT, "stem": "conv", "step_scale": 3, "intensity_augment": True},
     # the default pair trained with gamma and colour jitter as well (bundle setting intensity_augment)
     "vit_cs_ia": {"memory_mode": "off", "stem": "conv", "intensity_augment": True},
     "movit_cs_ia": {**MOVIT, "stem": "conv", "intensity_augment": True},
