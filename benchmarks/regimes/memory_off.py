@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 from pathlib import Path
 
@@ -34,7 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_vote import load  # noqa: E402
-from run_regimes import DATASETS, NETWORKS, REPO, finished, load_arrays, planned_epochs, require_data_root, unit_features  # noqa: E402
+from run_regimes import DATASETS, NETWORKS, REPO, finished, planned_epochs, require_data_root, unit_features  # noqa: E402
+from seed_tables import tabulate  # noqa: E402
 from write_vs_train import evaluate  # noqa: E402
 
 VARIANTS = ("plain", "full", "no vote", "memory off")
@@ -96,30 +96,18 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory_off.md"))
     args = p.parse_args()
     require_data_root()
-    import medmem
     from medmem.atomic import write_text_atomic
 
     torch.set_num_threads(1)
-    rows, summary = [], []
+    cells = []
     for cell in args.cells:
         dataset, network, regime = cell.split(":")
         if dataset not in DATASETS or NETWORKS.get(network, {}).get("memory_mode") != "full":
             sys.exit(f"{cell}: expected dataset:network:regime with a known dataset and a full-memory network")
-        cfg = DATASETS[dataset]
-        manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(dataset))
-        x, y = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
-        per_seed = {}
-        for seed in args.seeds:
-            results = measure(dataset, network, int(regime), seed, Path(args.runs), manifest, x, y)
-            if results is not None:
-                per_seed[seed] = results
-                rows.append(f"| {dataset} | {network} | {regime} | {seed} | " + " | ".join(f"{results[v]['acc']:.3f} / {results[v]['auc']:.3f}" for v in VARIANTS)
-                            + " | " + " | ".join(f"{results['read'][m]:.3f}" for m in READ) + " |")  # fmt: skip
-                print(rows[-1], flush=True)
-        if per_seed:
-            means = {v: [statistics.mean(r[v][m] for r in per_seed.values()) for m in ("acc", "auc")] for v in VARIANTS}
-            summary.append(f"| {dataset} | {network} | {regime} | {len(per_seed)} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in means.values())
-                           + f" | {100 * (means['memory off'][0] - means['plain'][0]):+.1f} |")  # fmt: skip
+        cells.append(([dataset, network, regime], dataset, {"network": network, "regime": int(regime)}))
+    runs = Path(args.runs)
+    rows, summary = tabulate(cells, args.seeds, lambda d, seed, m, x, y, network, regime: measure(d, network, regime, seed, runs, m, x, y),
+                             VARIANTS, READ, ("memory off", "plain"))  # fmt: skip
     header = "| dataset | network | regime % | {} | " + " | ".join(f"{v} ACC / AUC" for v in VARIANTS) + " |"
     lines = [
         "# Does the memory ViT need its memory at test time?",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 from pathlib import Path
 
@@ -30,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_vote import load  # noqa: E402
-from run_regimes import DATASETS, REPO, finished, load_arrays, planned_epochs, read_all_results, require_data_root  # noqa: E402
+from run_regimes import DATASETS, REPO, finished, planned_epochs, read_all_results, require_data_root  # noqa: E402
+from seed_tables import tabulate  # noqa: E402
 from write_vs_train import evaluate  # noqa: E402
 
 NETWORK = "movit_cs_ia_nh"
@@ -65,10 +65,6 @@ def measure(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, x:
     return results
 
 
-def pair(acc: float, auc: float) -> str:
-    return "-" if acc != acc else f"{acc:.3f} / {auc:.3f}"
-
-
 def read_stats(net, x: torch.Tensor, y: torch.Tensor) -> dict:
     readout = net.readout
     bank, labels, _ = readout.bank()
@@ -95,30 +91,17 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "readout_use.md"))
     args = p.parse_args()
     require_data_root()
-    import medmem
     from medmem.atomic import write_text_atomic
 
     torch.set_num_threads(1)
-    rows, summary = [], []
+    cells = []
     for cell in args.cells:
         dataset, regime = cell.split(":")
         if dataset not in DATASETS:
             sys.exit(f"{cell}: expected dataset:regime with one of {sorted(DATASETS)}")
-        cfg = DATASETS[dataset]
-        manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(dataset))
-        x, y = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
-        per_seed = {}
-        for seed in args.seeds:
-            results = measure(dataset, int(regime), seed, Path(args.runs), manifest, x, y)
-            if results is not None:
-                per_seed[seed] = results
-                rows.append(f"| {dataset} | {regime} | {seed} | " + " | ".join(pair(results[v]["acc"], results[v]["auc"]) for v in VARIANTS)
-                            + " | " + " | ".join(f"{results['read'][m]:.3f}" for m in READ) + " |")  # fmt: skip
-                print(rows[-1], flush=True)
-        if per_seed:
-            means = {v: [statistics.mean(r[v][m] for r in per_seed.values()) for m in ("acc", "auc")] for v in VARIANTS}
-            summary.append(f"| {dataset} | {regime} | {len(per_seed)} | " + " | ".join(pair(a, b) for a, b in means.values())
-                           + f" | {100 * (means['readout'][0] - means['plain'][0]):+.1f} |")  # fmt: skip
+        cells.append(([dataset, regime], dataset, {"regime": int(regime)}))
+    runs = Path(args.runs)
+    rows, summary = tabulate(cells, args.seeds, lambda d, seed, m, x, y, regime: measure(d, regime, seed, runs, m, x, y), VARIANTS, READ, ("readout", "plain"))
     header = "| dataset | regime % | {} | " + " | ".join(f"{v} ACC / AUC" for v in VARIANTS) + " |"
     lines = [
         "# Does the neighbour readout use its neighbours?",

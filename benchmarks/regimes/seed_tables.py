@@ -1,0 +1,45 @@
+"""Per-seed and mean Markdown rows for the diagnosis scripts that score trained study runs on a test split.
+
+A script names its cells (leading table columns, the dataset, and what its ``measure`` needs) and a
+``measure(dataset, seed, manifest, x, y, **cell) -> dict | None`` returning ``{variant: {"acc", "auc"}, "read": {...}}``;
+``tabulate`` loads each dataset's test split once, runs every seed, and formats both tables.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Callable
+
+from run_regimes import DATASETS, load_arrays
+
+
+def pair(acc: float, auc: float) -> str:
+    """``ACC / AUC``, or ``-`` for a cell not run (NaN)."""
+    return "-" if acc != acc else f"{acc:.3f} / {auc:.3f}"
+
+
+def tabulate(cells: list[tuple[list[str], str, dict]], seeds: list[int], measure: Callable, variants: tuple, read: tuple, delta: tuple[str, str]) -> tuple[list[str], list[str]]:
+    """Per-seed rows (leading columns, seed, each variant's ACC / AUC, each ``read`` statistic) and per-cell rows of
+    means (leading columns, seeds, variants, ``delta[0]`` minus ``delta[1]`` in ACC points). Seeds ``measure``
+    skips (None) are left out."""
+    import medmem
+
+    rows, summary = [], []
+    for lead, dataset, cell in cells:
+        cfg = DATASETS[dataset]
+        manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(dataset))
+        x, y = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
+        per_seed = {}
+        for seed in seeds:
+            results = measure(dataset, seed, manifest, x, y, **cell)
+            if results is None:
+                continue
+            per_seed[seed] = results
+            rows.append("| " + " | ".join(lead) + f" | {seed} | " + " | ".join(pair(results[v]["acc"], results[v]["auc"]) for v in variants)
+                        + " | " + " | ".join(f"{results['read'][m]:.3f}" for m in read) + " |")  # fmt: skip
+            print(rows[-1], flush=True)
+        if per_seed:
+            means = {v: [statistics.mean(r[v][m] for r in per_seed.values()) for m in ("acc", "auc")] for v in variants}
+            summary.append("| " + " | ".join(lead) + f" | {len(per_seed)} | " + " | ".join(pair(a, b) for a, b in means.values())
+                           + f" | {100 * (means[delta[0]][0] - means[delta[1]][0]):+.1f} |")  # fmt: skip
+    return rows, summary
