@@ -93,6 +93,10 @@ NETWORKS = {
     # the default pair trained with gamma and colour jitter as well (bundle setting intensity_augment)
     "vit_cs_ia": {"memory_mode": "off", "stem": "conv", "intensity_augment": True},
     "movit_cs_ia": {**MOVIT, "stem": "conv", "intensity_augment": True},
+    # without the right-angle turns (flips and the small affine stay): the pixel models see the scans upright, the
+    # study's ViTs never did (session 14, benchmarks/regimes/other_space.py)
+    "vit_cs_nr": {"memory_mode": "off", "stem": "conv", "rotate90": False},
+    "movit_cs_nr": {**MOVIT, "stem": "conv", "rotate90": False},
     # session 13's design: no memory inside attention, the classifier reads the nearest training images' features and
     # labels (medmem.networks.neighbour_readout); the plain ViT's backbone and the same bank (ATMA, own image excluded).
     # With the jitter (the bundle's recipe), so its references are vit_cs_ia / movit_cs_ia / vit_cs_ia_knn.
