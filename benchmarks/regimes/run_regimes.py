@@ -10,7 +10,9 @@ Models: ``vit`` (memory off), ``movit`` (full memory), ``movit_proto`` (movit af
 summarisation), ``movit_labels`` / ``movit_labels_proto`` (ablation: label-aware memory), ``resnet18``
 (MONAI ResNet-18, the CNN reference), ``vit_knn`` (k-NN on the trained vit's class-token features), ``logreg`` (logistic
 regression on 28 px pixels), ``vit_knn_vote`` (the plain ViT's softmax averaged with that k-NN vote);
-``vit_cs_knn`` / ``vit_cs_knn_vote`` the same over the conv-stem plain ViT (``vit_cs``). Within a regime all networks get the same steps, schedule and
+``vit_cs_knn`` / ``vit_cs_knn_vote`` the same over the conv-stem plain ViT (``vit_cs``); ``<network>_pix`` (any trained
+network, e.g. ``movit_cs_pix``: its output fused with a pixel-space memory vote of its training images,
+``medmem.memory.pixel_vote``, the weight chosen on validation). Within a regime all networks get the same steps, schedule and
 augmentation; model selection uses validation only and the test split is read once per row.
 """
 
@@ -278,6 +280,39 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     return {"train_images": len(ytr), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
 
 
+def pixel_vote_network(model: str) -> str | None:
+    """``movit_cs_pix`` -> the trained network whose output the pixel-space case vote is fused with (``movit_cs``)."""
+    return model.removesuffix("_pix") if model.endswith("_pix") and model.removesuffix("_pix") in NETWORKS else None
+
+
+def run_pixel_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, network: str) -> dict:
+    """The trained ``network`` with a memory of its regime's training images in pixel space
+    (``medmem.memory.pixel_vote.PixelCaseVote``: 28-px thumbnails, k = 10) whose nearest cases' labels are fused with
+    its output, the weight chosen on the validation split; the test split is scored once. No training."""
+    import torch
+
+    from medmem.engine.metrics import classification_metrics
+    from medmem.memory.pixel_vote import PixelCaseVote
+
+    start = time.time()
+    run_dir = runs / dataset / f"{network}_r{regime}_s{seed}"
+    if not finished(run_dir, planned_epochs(manifest, network, regime)):
+        raise FileNotFoundError(f"{run_dir}: train the {network} cell first (no final-epoch checkpoint)")
+    cfg = DATASETS[dataset]
+    num_classes = len(manifest["classes"])
+    net = build(dataset, network, num_classes)
+    net.load_state_dict(torch.load(run_dir / "models" / "model_full.pt", map_location="cpu", weights_only=True))
+    xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
+    xva, yva = load_arrays(dataset, "validation", None, cfg["image_size"], cfg["in_channels"])
+    xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
+    memory = PixelCaseVote(num_classes, cfg["in_channels"]).fit(xtr, torch.as_tensor(ytr))
+    memory.calibrate(probabilities(net, xva), xva, torch.as_tensor(yva))
+    probs = memory(probabilities(net, xte), xte).numpy()
+    m = classification_metrics(probs, yte, num_classes)
+    print(f"    pixel vote weight chosen on validation: {float(memory.weight):.1f}", flush=True)
+    return {"train_images": len(ytr), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
+
+
 def read_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(open(path))) if path.exists() else []
 
@@ -327,6 +362,8 @@ def main() -> None:
                 elif knn_plain_network(model):
                     fuse = 0.5 if model.endswith("_vote") else 0.0
                     result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest, fuse=fuse, plain=knn_plain_network(model))
+                elif pixel_vote_network(model):
+                    result = run_pixel_vote_cell(args.dataset, regime, seed, runs, manifest, pixel_vote_network(model))
                 else:
                     result = run_network_cell(args.dataset, model, regime, seed, runs, manifest)
                 row = {"dataset": args.dataset, "model": model, "regime": regime, "seed": seed, **result}
