@@ -53,11 +53,13 @@ DATASET_NOTES = {
 
 
 # issue #6's targets, per results file: (memory network, plain network, k-NN reference over the plain one), one
-# section per memory design; in the ablations, the jittered pair and session 13's neighbour readout (same recipe)
+# section per memory design; in the ablations, the jittered pair and session 13's neighbour readout (same recipe);
+# session 14's pixel-space case vote on top of the memory ViT and of the plain ViT (``*_pix``)
 TARGET_MODELS = {
-    "regimes_conv_stem": [("movit_cs", "vit_cs", "vit_cs_knn")],
+    "regimes_conv_stem": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn")],
     "regimes": [("movit", "vit", "vit_knn")],
-    "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn")],
+    "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
+                  ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn")],
 }
 
 
@@ -107,10 +109,10 @@ def target_lines(cells: dict, memory: str, plain: str, knn: str) -> list[str]:
 
 
 def jitter_of(recipes: dict, dataset: str, model: str, regime: int) -> str:
-    """A cell's jitter: trained cells from the audit, k-NN cells that of the network whose features they read, logreg none."""
+    """A cell's jitter: trained cells from the audit, k-NN and pixel-vote cells that of the network they read, logreg none."""
     if model == "logreg":
         return "none"
-    return recipes.get((dataset, model.split("_knn")[0], regime), "?")
+    return recipes.get((dataset, model.split("_knn")[0].removesuffix("_pix"), regime), "?")
 
 
 def mean_std(values: list[float]) -> str:
