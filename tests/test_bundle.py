@@ -144,6 +144,39 @@ def test_evaluate_summarize_export_infer(trained, tmp_path):
     assert len(errors) == 2 and "broken.png" in errors[1]
 
 
+def test_case_vote_is_weighed_on_validation_and_fused_into_evaluation(trained):
+    out, overrides = trained
+    overrides = {**overrides, "epochs": 3}
+    bundle("run", ["train.json", "case_vote.json"], overrides)
+    report = json.loads((out / "case_vote_report.json").read_text())
+    manifest = json.loads((REPO / "data_manifests/pbc_blood_cells_96.json").read_text())
+    assert report["training_images"] == len(manifest["regimes"]["1"]) and report["validation_images"] == len(manifest["validation"])
+    accs = {float(w): s["acc"] for w, s in report["validation"].items()}
+    assert report["weight"] in accs and accs[report["weight"]] == max(accs.values())  # the weight validation prefers
+    assert not list((out / "models").glob(".*"))  # written under a temporary name, then renamed
+
+    bundle("run", ["train.json", "evaluate.json"], {**overrides, "case_vote": "true"})
+    fused = json.loads((out / "eval_test_full_case_vote" / "test_metrics.json").read_text())
+    # the same numbers by hand: the trained network's softmax fused with the saved vote on the test images
+    import medmem
+    from medmem.engine.case_vote import load_case_vote, network_probabilities
+
+    net = medmem.networks.MemoryViT(3, 32, 8, 8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=8, num_prototypes=16, memory_mode="full",
+                                    memory_match="same_token", memory_retrieval="key", memory_vote=0.5, stem="conv")  # the bundle defaults
+    net.load_state_dict(torch.load(out / "models" / "model_full.pt", map_location="cpu", weights_only=True))
+    chain = medmem.data.eval_transforms(32, 3)
+    items = medmem.data.load_datalist(medmem.engine.resolve_manifest("pbc_blood_cells_96"), "test", None)
+    x = torch.stack([chain({"image": d["image"]})["image"] for d in items])
+    vote = load_case_vote(str(out / "models" / "case_vote.pt"))
+    assert float(vote.weight) == report["weight"]
+    by_hand = medmem.engine.classification_metrics(vote(network_probabilities(net, x), x).numpy(), [d["label"] for d in items], 8)
+    assert fused["n"] == len(items) and fused["case_vote"] is True
+    assert fused["acc"] == pytest.approx(by_hand["acc"], abs=1e-6) and fused["auc"] == pytest.approx(by_hand["auc"], abs=1e-6)
+    if report["weight"] > 0:  # the inferer was used: the plain network alone scores otherwise
+        alone = medmem.engine.classification_metrics(network_probabilities(net, x).numpy(), [d["label"] for d in items], 8)
+        assert (alone["acc"], alone["auc"]) != (fused["acc"], fused["auc"])
+
+
 def test_verify_net_in_out(data_root):
     bundle("verify_net_in_out", ["train.json"], {"meta_file": CONFIGS / "metadata.json"})
 

@@ -37,7 +37,7 @@ class PixelCaseVote(nn.Module):
         self.register_buffer("std", torch.ones(dim))
         self.register_buffer("bank", torch.zeros(0, dim))
         self.register_buffer("labels", torch.zeros(0, dtype=torch.long))
-        self.register_buffer("weight", torch.zeros(()))  # w of the fused output; 0 until calibrated
+        self.register_buffer("weight", torch.zeros((), dtype=torch.float64))  # w of the fused output; 0 until calibrated
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # the bank's size is the number of stored images: take it from the checkpoint
@@ -88,13 +88,13 @@ class PixelCaseVote(nn.Module):
         return torch.cat(votes)
 
     @torch.no_grad()
-    def calibrate(self, probabilities: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, grid=VOTE_WEIGHT_GRID) -> dict[float, dict]:
+    def calibrate(self, probabilities: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, grid=VOTE_WEIGHT_GRID) -> tuple[float, dict[float, dict]]:
         """Choose ``w`` on labelled held-out cases: the model's probabilities (N, C) for ``images`` (N, C_in, H, W).
 
-        Sets ``self.weight`` and returns ``{w: {"acc", "nll"}}`` per candidate."""
+        Sets ``self.weight``; returns ``(w, {w: {"acc", "nll"}})`` (highest accuracy, ties: the lower log loss)."""
         best, scores = choose_vote_weight(probabilities, self.vote(images), torch.as_tensor(labels), grid)
         self.weight.fill_(best)
-        return scores
+        return best, scores
 
     def forward(self, probabilities: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """The model's probabilities (B, C) for ``images`` fused with their vote: (B, C), rows sum to 1."""

@@ -1,0 +1,86 @@
+"""The pixel-space case vote in the bundle: fit it after training, and fuse it into evaluation (experimental).
+
+``fit_case_vote`` (bundle config ``case_vote.json``) stores the regime's training images as thumbnails
+(:class:`medmem.memory.pixel_vote.PixelCaseVote`), chooses the vote's weight on the validation split against the
+trained network's output and writes ``case_vote.pt`` (atomically) and a JSON report. ``CaseVoteInferer``
+(``evaluate.json`` with ``case_vote true``) fuses the vote into the network's output. Where validation says the vote
+does not help, its weight is 0 and evaluation gives the network's own output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from monai.inferers import Inferer
+
+from medmem.atomic import torch_save_atomic, write_json_atomic
+from medmem.memory.pixel_vote import PixelCaseVote
+
+
+def stack_batches(batches: Iterable[dict], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """All images (N, C, H, W) and labels (N,) of a loader of ``{"image", "label"}`` batches."""
+    images, labels = [], []
+    for batch in batches:
+        images.append(torch.as_tensor(batch["image"]).to(device))
+        labels.append(torch.as_tensor(batch["label"]).reshape(-1).long())
+    if not images:
+        raise ValueError("no images to build the case vote from (empty split)")
+    return torch.cat(images), torch.cat(labels)
+
+
+@torch.no_grad()
+def network_probabilities(network: torch.nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """Softmax of the network's output (N, num_classes), evaluation mode."""
+    network.eval()
+    return torch.cat([torch.softmax(network(images[i : i + batch_size]), dim=-1) for i in range(0, len(images), batch_size)]).cpu()
+
+
+def fit_case_vote(
+    network: torch.nn.Module,
+    checkpoint: str,
+    train_batches: Iterable[dict],
+    val_batches: Iterable[dict],
+    output_path: str,
+    report_path: str,
+    k: int = 10,
+    size: int = 28,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Fit the case vote on the training images, weigh it on validation, save it beside the checkpoint.
+
+    Returns (and writes to ``report_path``) the chosen weight and the validation ACC / log loss of every candidate."""
+    network.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
+    x_train, y_train = stack_batches(train_batches)
+    x_val, y_val = stack_batches(val_batches)
+    num_classes = int(network_probabilities(network, x_val[:1].to(device)).shape[-1])
+    vote = PixelCaseVote(num_classes, x_train.shape[1], size=size, k=k).fit(x_train, y_train)
+    weight, scores = vote.calibrate(network_probabilities(network, x_val.to(device)), x_val, y_val)
+    torch_save_atomic({"config": {"num_classes": num_classes, "in_channels": x_train.shape[1], "size": size, "k": k}, "state_dict": vote.state_dict()}, output_path)
+    report = {
+        "checkpoint": str(checkpoint), "case_vote": str(output_path), "training_images": len(y_train), "validation_images": len(y_val),
+        "k": k, "size": size, "weight": weight, "validation": {str(w): s for w, s in scores.items()},
+    }  # fmt: skip
+    write_json_atomic(report, report_path)
+    return report
+
+
+def load_case_vote(path: str) -> PixelCaseVote:
+    """A fitted ``PixelCaseVote`` from ``fit_case_vote``'s file."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    vote = PixelCaseVote(**saved["config"])
+    vote.load_state_dict(saved["state_dict"])
+    return vote
+
+
+class CaseVoteInferer(Inferer):
+    """A MONAI inferer whose output is ``log((1 - w) softmax(network(x)) + w vote(x))`` (B, num_classes)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.vote = load_case_vote(path)
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        probabilities = torch.softmax(network(inputs, *args, **kwargs), dim=-1)
+        fused = self.vote(probabilities.cpu(), inputs.cpu())
+        return torch.log(fused.clamp(min=1e-8)).to(inputs.device)
