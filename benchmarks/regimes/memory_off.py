@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_vote import load  # noqa: E402
 from run_regimes import DATASETS, NETWORKS, REPO, finished, planned_epochs, require_data_root, unit_features  # noqa: E402
-from seed_tables import tabulate  # noqa: E402
+from seed_tables import markdown, tabulate  # noqa: E402
 from write_vs_train import evaluate  # noqa: E402
 
 VARIANTS = ("plain", "full", "no vote", "memory off")
@@ -108,28 +108,15 @@ def main() -> None:
     runs = Path(args.runs)
     rows, summary = tabulate(cells, args.seeds, lambda d, seed, m, x, y, network, regime: measure(d, network, regime, seed, runs, m, x, y),
                              VARIANTS, READ, ("memory off", "plain"))  # fmt: skip
-    header = "| dataset | network | regime % | {} | " + " | ".join(f"{v} ACC / AUC" for v in VARIANTS) + " |"
-    lines = [
-        "# Does the memory ViT need its memory at test time?",
-        "",
+    made_by = [
         f"Made by `python benchmarks/regimes/memory_off.py --cells {' '.join(args.cells)} --seeds {' '.join(map(str, args.seeds))}`",
         f"(machine: {platform.machine()}, 2 CPU cores, torch {torch.__version__}) on the study's trained runs; test split.",
         "`plain`: the plain ViT of the same stem, recipe, regime and seed; `full`: the memory ViT as trained; `no vote`: its vote",
         "weight set to 0 (memory read kept); `memory off`: the memorising layer run as a plain self-attention block.",
-        "",
-        "Mean over seeds (last column: `memory off` minus `plain`, ACC points):",
-        "",
-        header.format("n") + " off − plain |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *summary,
-        "",
-        "Per seed (the last four columns: how far the read moves the class token, see the script's docstring):",
-        "",
-        header.format("seed") + " " + " | ".join(READ) + " |",
-        "|---|---|---|---|---|---|---|---|" + "---|" * len(READ),
-        *rows,
     ]
-    write_text_atomic("\n".join(lines) + "\n", Path(args.out))
+    text = markdown("Does the memory ViT need its memory at test time?", made_by, ["dataset", "network", "regime %"], VARIANTS, READ, summary, rows,
+                    ("memory off", "plain"), "off − plain", "Per seed (the last four columns: how far the read moves the class token, see the script's docstring):")
+    write_text_atomic(text, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_vote import load  # noqa: E402
 from run_regimes import DATASETS, NETWORKS, REPO, finished, load_arrays, planned_epochs, require_data_root  # noqa: E402
-from seed_tables import tabulate  # noqa: E402
+from seed_tables import markdown, tabulate  # noqa: E402
 
 SPACES = ("pixels", "stem", "block 2", "block 4", "final")
 VARIANTS = ("plain", "pixels k-NN", *(f"{s} fused" for s in SPACES), "pixel logreg fused")
@@ -177,27 +177,16 @@ def main() -> None:
     runs = Path(args.runs)
     rows, summary = tabulate(cells, args.seeds, lambda d, seed, m, x, y, network, regime: measure(d, network, regime, seed, runs, m, x, y),
                              VARIANTS, READ, ("pixels fused", "plain"))
-    header = "| dataset | network | regime % | {} | " + " | ".join(f"{v} ACC / AUC" for v in VARIANTS) + " |"
-    lines = [
-        "# Do neighbours found in another space add to the plain ViT?",
-        "",
+    made_by = [
         f"Made by `python benchmarks/regimes/other_space.py --cells {' '.join(args.cells)} --seeds {' '.join(map(str, args.seeds))}`",
         f"(machine: {platform.machine()}, 2 CPU cores, torch {torch.__version__}) on the study's trained plain runs; test split, "
         "each fusion weight chosen on the validation split. See the script's docstring for the spaces.",
-        "",
-        "Mean over seeds (last column: `pixels fused` minus `plain`, ACC points):",
-        "",
-        header.format("n") + " pixels fused − plain |",
-        "|---|---|---|---|" + "---|" * (len(VARIANTS) + 1),
-        *summary,
-        "",
-        "Per seed (the last columns: the fusion weight chosen on validation per space; the pixel fusion's gain over `plain` in ACC points on the test half nearest to / farthest from the training images in pixel space):",
-        "",
-        header.format("seed") + " " + " | ".join(READ) + " |",
-        "|---|---|---|---|" + "---|" * (len(VARIANTS) + len(READ)),
-        *rows,
     ]
-    write_text_atomic("\n".join(lines) + "\n", Path(args.out))
+    text = markdown("Do neighbours found in another space add to the plain ViT?", made_by, ["dataset", "network", "regime %"], VARIANTS, READ, summary, rows,
+                    ("pixels fused", "plain"), "pixels fused − plain",
+                    "Per seed (the last columns: the fusion weight chosen on validation per space; the pixel fusion's gain over `plain` in ACC "
+                    "points on the test half nearest to / farthest from the training images in pixel space):")
+    write_text_atomic(text, Path(args.out))
 
 
 if __name__ == "__main__":

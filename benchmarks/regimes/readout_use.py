@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_vote import load  # noqa: E402
 from run_regimes import DATASETS, REPO, finished, planned_epochs, read_all_results, require_data_root  # noqa: E402
-from seed_tables import tabulate  # noqa: E402
+from seed_tables import markdown, tabulate  # noqa: E402
 from write_vs_train import evaluate  # noqa: E402
 
 NETWORK = "movit_cs_ia_nh"
@@ -102,28 +102,15 @@ def main() -> None:
         cells.append(([dataset, regime], dataset, {"regime": int(regime)}))
     runs = Path(args.runs)
     rows, summary = tabulate(cells, args.seeds, lambda d, seed, m, x, y, regime: measure(d, regime, seed, runs, m, x, y), VARIANTS, READ, ("readout", "plain"))
-    header = "| dataset | regime % | {} | " + " | ".join(f"{v} ACC / AUC" for v in VARIANTS) + " |"
-    lines = [
-        "# Does the neighbour readout use its neighbours?",
-        "",
+    made_by = [
         f"Made by `python benchmarks/regimes/readout_use.py --cells {' '.join(args.cells)} --seeds {' '.join(map(str, args.seeds))}`",
         f"(machine: {platform.machine()}, 2 CPU cores, torch {torch.__version__}) on the study's trained runs; test split.",
         "`plain`, `k-NN`, `memory ViT`: the committed rows of " + ", ".join(f"`{m}`" for m in COMMITTED.values()) + " for the same cell and seed;",
         f"`readout`: `{NETWORK}` as trained; `readout off`: its readout switched off.",
-        "",
-        "Mean over seeds (last column: `readout` minus `plain`, ACC points):",
-        "",
-        header.format("n") + " readout − plain |",
-        "|---|---|---|" + "---|" * (len(VARIANTS) + 1),
-        *summary,
-        "",
-        "Per seed (the last three columns: how the readout reads, see the script's docstring):",
-        "",
-        header.format("seed") + " " + " | ".join(READ) + " |",
-        "|---|---|---|" + "---|" * (len(VARIANTS) + len(READ)),
-        *rows,
     ]
-    write_text_atomic("\n".join(lines) + "\n", Path(args.out))
+    text = markdown("Does the neighbour readout use its neighbours?", made_by, ["dataset", "regime %"], VARIANTS, READ, summary, rows,
+                    ("readout", "plain"), "readout − plain", "Per seed (the last three columns: how the readout reads, see the script's docstring):")
+    write_text_atomic(text, Path(args.out))
 
 
 if __name__ == "__main__":

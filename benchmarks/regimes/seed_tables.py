@@ -43,3 +43,19 @@ def tabulate(cells: list[tuple[list[str], str, dict]], seeds: list[int], measure
             summary.append("| " + " | ".join(lead) + f" | {len(per_seed)} | " + " | ".join(pair(a, b) for a, b in means.values())
                            + f" | {100 * (means[delta[0]][0] - means[delta[1]][0]):+.1f} |")  # fmt: skip
     return rows, summary
+
+
+def markdown(title: str, made_by: list[str], lead: list[str], variants: tuple, read: tuple, summary: list[str], rows: list[str],
+             delta: tuple[str, str], delta_header: str, read_note: str) -> str:
+    """The report the diagnosis scripts write: a title, how it was made, the table of means (last column ``delta[0]``
+    minus ``delta[1]``, headed ``delta_header``) and the per-seed table (``read`` columns explained by ``read_note``)."""
+    header = "| " + " | ".join(lead) + " | {} | " + " | ".join(f"{v} ACC / AUC" for v in variants) + " |"
+    rule = "|---" * (len(lead) + 1)
+    lines = [
+        f"# {title}", "", *made_by, "",
+        f"Mean over seeds (last column: `{delta[0]}` minus `{delta[1]}`, ACC points):", "",
+        header.format("n") + f" {delta_header} |", rule + "|---" * (len(variants) + 1) + "|", *summary, "",
+        read_note, "",
+        header.format("seed") + " " + " | ".join(read) + " |", rule + "|---" * (len(variants) + len(read)) + "|", *rows,
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
