@@ -56,6 +56,15 @@ def test_train_writes_checkpoints_with_memory(trained):
     assert not list(models.glob(".*"))  # no temporary leftovers
 
 
+def test_same_seed_trains_the_same_network(trained, tmp_path):
+    out, overrides = trained
+    bundle("run", ["train.json"], {**overrides, "output_dir": str(tmp_path)})
+    first = torch.load(out / "models" / "model_full.pt", map_location="cpu", weights_only=True)
+    again = torch.load(tmp_path / "models" / "model_full.pt", map_location="cpu", weights_only=True)
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)  # weights and memory, to the bit (same code, threads, machine)
+
+
 def test_resume_continues_from_last_epoch(trained, tmp_path):
     out, overrides = trained
     models = out / "models"

@@ -32,6 +32,11 @@ HEADINGS = {
     "ablations": ("Memory design ablations: results so far", "Each row changes one setting of the memory ViT it is named after: "
                   "`movit_*` of the patch-stem `movit` (reference rows in [regimes.md](regimes.md)), `movit_cs_*` of the "
                   "conv-stem `movit_cs` (reference rows `movit_cs` / `vit_cs` in [regimes_conv_stem.md](regimes_conv_stem.md))."),
+    "case_vote": ("The pixel-space case vote on retrained geometry-only cells", "Session 14 retrained conv-stem cells whose runs "
+                  "were no longer on disk, to score `*_pix` (the network's output fused with `medmem.memory.pixel_vote`, weight "
+                  "chosen on validation) against references from the same runs: `vit_cs`, `movit_cs`, `vit_cs_knn` here are the "
+                  "retrained runs, not the rows of [regimes_conv_stem.md](regimes_conv_stem.md) (a rerun does not reproduce a "
+                  "committed row to the digit; docs/design.md \"Session 14\")."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -58,6 +63,7 @@ DATASET_NOTES = {
 TARGET_MODELS = {
     "regimes_conv_stem": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn")],
     "regimes": [("movit", "vit", "vit_knn")],
+    "case_vote": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn")],
 }
