@@ -243,6 +243,18 @@ def _full_proba(clf, x, num_classes: int):
     return full
 
 
+def load_trained(dataset: str, network: str, regime: int, seed: int, runs: Path, manifest: dict):
+    """The finished study run ``<network>_r<regime>_s<seed>`` (its best model, eval mode); refuses an unfinished run."""
+    import torch
+
+    run_dir = runs / dataset / f"{network}_r{regime}_s{seed}"
+    if not finished(run_dir, planned_epochs(manifest, network, regime)):
+        raise FileNotFoundError(f"{run_dir}: train the {network} cell first (no final-epoch checkpoint)")
+    net = build(dataset, network, len(manifest["classes"]))
+    net.load_state_dict(torch.load(run_dir / "models" / "model_full.pt", map_location="cpu", weights_only=True))
+    return net.eval()
+
+
 def knn_plain_network(model: str) -> str | None:
     """``vit_knn`` / ``vit_cs_knn_vote`` -> the plain network whose features the k-NN reads (``vit`` / ``vit_cs``)."""
     for suffix in ("_knn_vote", "_knn"):
@@ -256,20 +268,13 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     ``fuse`` w > 0 (model ``vit_knn_vote``), ``(1 - w) * ViT softmax + w * k-NN vote``: a plain ViT plus a
     nearest-neighbour vote bolted on after training, the skeptic's version of the memory vote.
     ``plain`` names the trained memory-less network (``vit``: patch stem, ``vit_cs``: conv stem)."""
-    import torch
     from sklearn.neighbors import KNeighborsClassifier
 
     from medmem.engine.metrics import classification_metrics
 
     start = time.time()
-    run_dir = runs / dataset / f"{plain}_r{regime}_s{seed}"
-    if not finished(run_dir, planned_epochs(manifest, plain, regime)):
-        raise FileNotFoundError(f"{run_dir}: train the {plain} cell first (no final-epoch checkpoint)")
-    ckpt = run_dir / "models" / "model_full.pt"
     cfg = DATASETS[dataset]
-    net = build(dataset, plain, len(manifest["classes"]))
-    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-    net.eval()
+    net = load_trained(dataset, plain, regime, seed, runs, manifest)
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
     xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])  # read once, for the k-NN and the head
     knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(unit_features(net, xtr), ytr)
@@ -295,13 +300,9 @@ def run_pixel_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manife
     from medmem.memory.pixel_vote import PixelCaseVote
 
     start = time.time()
-    run_dir = runs / dataset / f"{network}_r{regime}_s{seed}"
-    if not finished(run_dir, planned_epochs(manifest, network, regime)):
-        raise FileNotFoundError(f"{run_dir}: train the {network} cell first (no final-epoch checkpoint)")
     cfg = DATASETS[dataset]
     num_classes = len(manifest["classes"])
-    net = build(dataset, network, num_classes)
-    net.load_state_dict(torch.load(run_dir / "models" / "model_full.pt", map_location="cpu", weights_only=True))
+    net = load_trained(dataset, network, regime, seed, runs, manifest)
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
     xva, yva = load_arrays(dataset, "validation", None, cfg["image_size"], cfg["in_channels"])
     xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])

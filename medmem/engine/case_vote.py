@@ -18,11 +18,11 @@ from medmem.atomic import torch_save_atomic, write_json_atomic
 from medmem.memory.pixel_vote import PixelCaseVote
 
 
-def stack_batches(batches: Iterable[dict], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """All images (N, C, H, W) and labels (N,) of a loader of ``{"image", "label"}`` batches."""
+def stack_batches(batches: Iterable[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images (N, C, H, W) and labels (N,) of a loader of ``{"image", "label"}`` batches, on the CPU."""
     images, labels = [], []
     for batch in batches:
-        images.append(torch.as_tensor(batch["image"]).to(device))
+        images.append(torch.as_tensor(batch["image"]).cpu())
         labels.append(torch.as_tensor(batch["label"]).reshape(-1).long())
     if not images:
         raise ValueError("no images to build the case vote from (empty split)")
