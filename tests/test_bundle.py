@@ -186,6 +186,31 @@ def test_case_vote_is_weighed_on_validation_and_fused_into_evaluation(trained):
         assert (alone["acc"], alone["auc"]) != (fused["acc"], fused["auc"])
 
 
+def test_pixel_retrieval_trains_with_the_regime_in_its_index_and_evaluates_from_the_checkpoint(tmp_path, data_root):
+    overrides = {**TINY, "output_dir": str(tmp_path), "epochs": 1, "memory_retrieval": "pixels", "pixel_size": 8}
+    bundle("run", ["train.json"], overrides)
+    bundle("run", ["train.json", "evaluate.json"], overrides)
+    state = torch.load(tmp_path / "models" / "model_full.pt", map_location="cpu", weights_only=True)
+    import medmem
+
+    train_items = medmem.data.load_datalist(medmem.engine.resolve_manifest("pbc_blood_cells_96"), "training", None, 1)
+    # every training image of the regime, un-augmented, by its sample id
+    assert sorted(state["pixel_index.sample_ids"].tolist()) == sorted(d["sample_id"] for d in train_items)
+    net = medmem.networks.MemoryViT(3, 32, 8, 8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=8, num_prototypes=16, memory_mode="full", memory_match="same_token",
+                                    memory_retrieval="pixels", pixel_size=8, memory_vote=0.5, stem="conv")  # fmt: skip
+    net.load_state_dict(state)
+    chain = medmem.data.eval_transforms(32, 3)
+    first = train_items[0]
+    position = state["pixel_index.sample_ids"].tolist().index(first["sample_id"])
+    torch.testing.assert_close(state["pixel_index.bank"][position], net.pixel_index.descriptors(chain({"image": first["image"]})["image"][None])[0])
+    # evaluation read the memory through the saved index: its numbers are this network's, by hand
+    items = medmem.data.load_datalist(medmem.engine.resolve_manifest("pbc_blood_cells_96"), "test", None)
+    x = torch.stack([chain({"image": d["image"]})["image"] for d in items])
+    by_hand = medmem.engine.classification_metrics(medmem.engine.case_vote.network_probabilities(net, x).numpy(), [d["label"] for d in items], 8)
+    report = json.loads((tmp_path / "eval_test_full" / "test_metrics.json").read_text())
+    assert report["acc"] == pytest.approx(by_hand["acc"], abs=1e-6) and report["auc"] == pytest.approx(by_hand["auc"], abs=1e-6)
+
+
 def test_verify_net_in_out(data_root):
     bundle("verify_net_in_out", ["train.json"], {"meta_file": CONFIGS / "metadata.json"})
 

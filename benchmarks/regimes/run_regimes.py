@@ -97,6 +97,10 @@ NETWORKS = {
     "movit_cs_ia": {**MOVIT, "stem": "conv", "intensity_augment": True},
     # without the right-angle turns (flips and the small affine stay): the pixel models see the scans upright, the
     # study's ViTs never did (session 14, benchmarks/regimes/other_space.py)
+    # session 15's design: the class token reads the memory entries of the k training images nearest in pixels
+    # (standardised 28-px thumbnails, medmem.memory.pixel_index), the neighbours session 14 found to carry what the
+    # network lacks; k = 10 as the post-hoc case vote (movit_cs_pix). Geometry-only, as its case_vote.csv references.
+    "movit_cs_px": {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10},
     "vit_cs_nr": {"memory_mode": "off", "stem": "conv", "rotate90": False},
     "movit_cs_nr": {**MOVIT, "stem": "conv", "rotate90": False},
     # session 13's design: no memory inside attention, the classifier reads the nearest training images' features and

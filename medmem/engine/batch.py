@@ -1,8 +1,9 @@
-"""Batch preparation that hands each image's ``sample_id`` to the network (for memory self-exclusion)."""
+"""Batch preparation that hands each image's ``sample_id`` to the network (for memory self-exclusion), and the
+stacking of a whole loader into tensors (to build a memory from a split)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from monai.data import MetaTensor
@@ -28,3 +29,15 @@ class PrepareBatchWithIds(PrepareBatch):
         ids = batchdata.get("sample_id")
         ids = torch.as_tensor(ids).long() if ids is not None else torch.full((images.shape[0],), -1, dtype=torch.long)
         return images, labels, (), {"sample_ids": ids.to(device)}
+
+
+def stack_batches(batches: Iterable[dict], key: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
+    """All images (N, C, *spatial) and their ``key`` values (N,) (labels, or sample ids) of a loader of
+    ``{"image", key}`` batches, on the CPU."""
+    images, labels = [], []
+    for batch in batches:
+        images.append(torch.as_tensor(batch["image"]).cpu())
+        labels.append(torch.as_tensor(batch[key]).reshape(-1).long())
+    if not images:
+        raise ValueError("no images to build the memory from (empty split)")
+    return torch.cat(images), torch.cat(labels)

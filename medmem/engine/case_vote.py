@@ -15,18 +15,8 @@ import torch
 from monai.inferers import Inferer
 
 from medmem.atomic import torch_save_atomic, write_json_atomic
+from medmem.engine.batch import stack_batches
 from medmem.memory.pixel_vote import PixelCaseVote
-
-
-def stack_batches(batches: Iterable[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images (N, C, H, W) and labels (N,) of a loader of ``{"image", "label"}`` batches, on the CPU."""
-    images, labels = [], []
-    for batch in batches:
-        images.append(torch.as_tensor(batch["image"]).cpu())
-        labels.append(torch.as_tensor(batch["label"]).reshape(-1).long())
-    if not images:
-        raise ValueError("no images to build the case vote from (empty split)")
-    return torch.cat(images), torch.cat(labels)
 
 
 @torch.no_grad()

@@ -16,45 +16,23 @@ with ``w`` chosen on labelled held-out cases (:func:`medmem.memory.vote.choose_v
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from medmem.memory.pixel_index import EPS, PixelThumbnails
 from medmem.memory.vote import VOTE_WEIGHT_GRID, choose_vote_weight, fused
 
-EPS = 1e-6
 
-
-class PixelCaseVote(nn.Module):
+class PixelCaseVote(PixelThumbnails):
     """k-NN vote of stored training thumbnails (bank (N, C * size * size), labels (N,)) for images (B, C, H, W)."""
 
+    resized_buffers = ("bank", "labels")
+
     def __init__(self, num_classes: int, in_channels: int, size: int = 28, k: int = 10) -> None:
-        super().__init__()
-        if num_classes < 2 or in_channels < 1 or size < 1 or k < 1:
-            raise ValueError(f"PixelCaseVote needs num_classes >= 2, in_channels, size, k >= 1; got {num_classes}, {in_channels}, {size}, {k}")
-        self.num_classes, self.in_channels, self.size, self.k = num_classes, in_channels, size, k
-        dim = in_channels * size * size
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-        self.register_buffer("bank", torch.zeros(0, dim))
+        if num_classes < 2 or k < 1:
+            raise ValueError(f"PixelCaseVote needs num_classes >= 2 and k >= 1; got {num_classes}, {k}")
+        super().__init__(in_channels, size, spatial_dims=2)
+        self.num_classes, self.k = num_classes, k
         self.register_buffer("labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("weight", torch.zeros((), dtype=torch.float64))  # w of the fused output; 0 until calibrated
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # the bank's size is the number of stored images: take it from the checkpoint
-        for name in ("bank", "labels"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-
-    def thumbnails(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, C * size * size): area-downsampled, before standardising."""
-        if images.dim() != 4 or images.shape[1] != self.in_channels:
-            raise ValueError(f"expected images (B, {self.in_channels}, H, W), got {tuple(images.shape)}")
-        return F.interpolate(images.float(), size=(self.size, self.size), mode="area").flatten(1)
-
-    def descriptors(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> unit-norm standardised thumbnails (B, C * size * size)."""
-        return F.normalize((self.thumbnails(images) - self.mean) / self.std, dim=-1)
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor, labels: torch.Tensor) -> "PixelCaseVote":
@@ -64,8 +42,7 @@ class PixelCaseVote(nn.Module):
             raise ValueError(f"need one label per image and at least one image, got {len(images)} images and {len(labels)} labels")
         if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got {int(labels.min())}..{int(labels.max())}")
-        thumbs = self.thumbnails(images)
-        self.mean, self.std = thumbs.mean(0), thumbs.std(0, unbiased=False).clamp(min=EPS)
+        self.fit_statistics(images)
         self.bank, self.labels = self.descriptors(images), labels.clone()
         return self
 

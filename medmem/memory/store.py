@@ -76,11 +76,15 @@ class ExternalMemory(nn.Module):
         if sample_ids is None:
             rows = torch.arange(self.num_written, device=self.keys.device)
         else:
-            missing = [int(s) for s in sample_ids.reshape(-1).tolist() if int(s) not in self.id_to_row]
-            if missing:
-                raise KeyError(f"samples not in the memory: {missing[:5]}")
-            rows = torch.tensor([self.id_to_row[int(s)] for s in sample_ids.reshape(-1).tolist()], dtype=torch.long, device=self.keys.device)
+            rows = self.rows_of(sample_ids.reshape(-1))
+            if bool((rows < 0).any()):
+                raise KeyError(f"samples not in the memory: {sample_ids.reshape(-1)[rows < 0].tolist()[:5]}")
         return self.keys[:, rows * self.tokens + position]
+
+    def rows_of(self, sample_ids: torch.Tensor) -> torch.Tensor:
+        """Row of each sample id (any shape; -1 where the sample is not written), on the memory's device."""
+        flat = [self.id_to_row.get(int(s), -1) for s in sample_ids.reshape(-1).tolist()]
+        return torch.tensor(flat, dtype=torch.long, device=self.keys.device).view(sample_ids.shape)
 
     def _grow(self, rows_needed: int) -> None:
         capacity = self.row_ids.shape[0]

@@ -108,7 +108,9 @@ class MemorySABlock(SABlock):
     def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
         return SABlock.forward(self, x)
 
-    def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None, neighbours: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """``neighbours``: the class token's memory entries chosen outside the layer, as sample ids (B, k) (-1: none) and
+        the similarity they were found by (B, k) (``memory_retrieval="pixels"``); the layer then searches nothing."""
         if self.mode == "off":
             return self._forward_plain(x)
         qkv = self.input_rearrange(self.qkv(x))
@@ -125,7 +127,9 @@ class MemorySABlock(SABlock):
         tau = self.log_tau.exp().view(1, -1, 1, 1)
         mem_index = torch.zeros(0, dtype=torch.long)
         probe = F.normalize(k[:, :, :nq], dim=-1) if self.retrieve_by_key else qn
-        if self.mode == "full":
+        if self.mode == "full" and neighbours is not None:
+            mem_cos, mem_values, mem_valid, mem_index, probe_cos = self._given_entries(qn, neighbours[0], neighbours[1])
+        elif self.mode == "full":
             mem_cos, mem_values, mem_valid, mem_index, probe_cos = self._full_memory(qn, sample_ids, probe)  # (B,H,nq,k), (B,H,nq,k,Dh)
         else:
             proto_keys = F.normalize(self.proto_keys, dim=-1)
@@ -203,6 +207,24 @@ class MemorySABlock(SABlock):
         return cos, mem_values, valid, index, found.masked_fill(~valid, -1.0)
 
     @torch.jit.unused
+    def _given_entries(self, qn: torch.Tensor, neighbour_ids: torch.Tensor, found_by: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The class-token entries of the images ``neighbour_ids`` (B, k) (-1 or not yet written: skipped), in the
+        layout of :meth:`_full_memory`; ``found_by`` (B, k) is reported as the probe's cosine."""
+        if qn.shape[2] != 1:
+            raise ValueError("neighbours chosen outside the layer are read by the class token only: use memory_queries 'cls'")
+        rows = self.memory.rows_of(neighbour_ids.to(self.memory.keys.device))  # (B, k)
+        b, k = rows.shape
+        index = (rows.clamp(min=0) * self.memory.tokens).view(b, 1, 1, k).expand(b, self.num_heads, 1, k)
+        mixes_values = self.combiner != "vote"
+        mem_keys, mem_values = self.memory.gather(index, with_values=mixes_values)
+        cos = torch.einsum("bhqd,bhqkd->bhqk", qn, mem_keys)
+        if self.label_aware and mixes_values:
+            mem_values = mem_values + self.label_values(self.memory.labels_at(index))
+        valid = (rows >= 0).view(b, 1, 1, k).expand(b, self.num_heads, 1, k)
+        probe_cos = found_by.to(cos.dtype).view(b, 1, 1, k).expand_as(cos).masked_fill(~valid, -1.0)
+        return cos, mem_values, valid, index, probe_cos
+
+    @torch.jit.unused
     @torch.no_grad()
     def record_read(
         self, local_scores: torch.Tensor, mem_weights: torch.Tensor, mem_index: torch.Tensor, mem_part: torch.Tensor, local_part: torch.Tensor, probe_cos: torch.Tensor
@@ -266,7 +288,7 @@ class MemorySABlock(SABlock):
 class ViTBlock(TransformerBlock):
     """MONAI ``TransformerBlock`` with the call signature shared by all medmem blocks."""
 
-    def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None, neighbours: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:  # type: ignore[override]
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
@@ -282,8 +304,8 @@ class MemoryTransformerBlock(ViTBlock):
         super().__init__(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias=qkv_bias)
         self.attn = MemorySABlock(hidden_size, num_heads, tokens, dropout_rate=dropout_rate, qkv_bias=qkv_bias, **memory_kwargs)
 
-    def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), sample_ids)
+    def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None, neighbours: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), sample_ids, neighbours)
         return x + self.mlp(self.norm2(x))
 
     def memory_vote(self) -> Optional[torch.Tensor]:

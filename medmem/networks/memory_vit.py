@@ -10,7 +10,7 @@ Input (B, C, *img_size) with 2 or 3 spatial dims; output logits (B, num_classes)
 
 import hashlib
 import json
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from medmem.flags import as_flag
+from medmem.memory.pixel_index import PixelNeighbourIndex
 from medmem.memory.vote import fused
 from medmem.networks.conv_stem import ConvStemEmbedding
 from medmem.networks.memory_attention import MEMORY_MODES, MemorySABlock, MemoryTransformerBlock, ViTBlock
@@ -26,6 +27,7 @@ from medmem.networks.neighbour_readout import READOUTS, NeighbourReadout
 
 # Settings that shape the memory: a memory saved under one of these cannot serve another.
 VOTE_TRAINING = ("fused", "separate")
+RETRIEVALS = ("query", "key", "pixels")
 STEMS = ("patch", "conv")
 FINGERPRINT_KEYS = ("in_channels", "img_size", "patch_size", "spatial_dims", "hidden_size", "num_heads", "num_layers", "memory_blocks", "stem", "readout")
 
@@ -55,8 +57,12 @@ class MemoryViT(nn.Module):
         memory_match: ``any`` (a query may retrieve any token of any stored image) or ``same_token``
             (query token j retrieves token j of other images: the class token then finds k different
             images; with ``any`` its k neighbours were found to be the tokens of a single image).
-        memory_retrieval: find neighbours by ``query``-key similarity (attention-style) or by
-            ``key``-key similarity (images alike); attention over them uses query-key scores either way.
+        memory_retrieval: find neighbours by ``query``-key similarity (attention-style), by
+            ``key``-key similarity (images alike), or by ``pixels``: the ``memory_k`` training images nearest in their
+            standardised ``pixel_size`` thumbnails (:class:`~medmem.memory.pixel_index.PixelNeighbourIndex`, filled by
+            :meth:`fit_pixel_index` before training), whose class-token entries the class token reads (needs
+            ``memory_queries="cls"``; no prototype mode). Attention over them uses query-key scores either way.
+        pixel_size: thumbnail side of the ``pixels`` retrieval.
         memory_vote: weight w of the memory vote in the output, in [0, 1): the model returns
             ``log((1 - w) * softmax(logits) + w * vote)``, where ``vote`` is the class distribution the
             last memorising layer's class token read from the labels of the entries it attended to
@@ -114,6 +120,7 @@ class MemoryViT(nn.Module):
         readout: str = "linear",
         readout_k: int = 32,
         readout_labels: bool = True,
+        pixel_size: int = 28,
     ) -> None:
         super().__init__()
         if memory_mode not in MEMORY_MODES:
@@ -136,8 +143,12 @@ class MemoryViT(nn.Module):
             "memory_backend": memory_backend, "memory_dtype": memory_dtype, "memory_labels": memory_labels,
             "memory_match": memory_match, "memory_retrieval": memory_retrieval, "memory_vote": memory_vote,
             "memory_vote_training": memory_vote_training, "stem": stem, "readout": readout, "readout_k": readout_k,
-            "readout_labels": readout_labels,
+            "readout_labels": readout_labels, "pixel_size": pixel_size,
         }  # fmt: skip
+        if memory_retrieval not in RETRIEVALS:
+            raise ValueError(f"memory_retrieval must be one of {RETRIEVALS}, got {memory_retrieval!r}")
+        if memory_retrieval == "pixels" and (memory_queries != "cls" or memory_mode == "prototypes"):
+            raise ValueError("memory_retrieval 'pixels' reads the class token's neighbours only: use memory_queries 'cls' and memory_mode 'full' or 'off'")
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         if readout == "neighbours" and memory_mode == "prototypes":
@@ -178,17 +189,35 @@ class MemoryViT(nn.Module):
         self.readout: Optional[NeighbourReadout] = (
             NeighbourReadout(hidden_size, num_classes, readout_k, atma_momentum, dropout_rate, memory_mode, readout_labels) if readout == "neighbours" else None
         )
+        # the training images by their thumbnails: chooses which memory entries the class token reads
+        self.pixel_index: Optional[PixelNeighbourIndex] = PixelNeighbourIndex(in_channels, pixel_size, spatial_dims) if memory_retrieval == "pixels" else None
         self.set_memory_vote(memory_vote)
         self.register_buffer("memory_fingerprint", torch.tensor(list(bytes.fromhex(self.fingerprint())), dtype=torch.uint8))
 
     # ------------------------------------------------------------------------------------- forward
     def forward_features(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, C, *img_size) -> normalised class-token features (B, hidden)."""
+        neighbours = self._pixel_neighbours(x, sample_ids) if self.pixel_index is not None else None
         x = self.patch_embedding(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         for block in self.blocks:
-            x = block(x, sample_ids)
+            x = block(x, sample_ids, neighbours)
         return self.norm(x)[:, 0]
+
+    @torch.jit.unused
+    def _pixel_neighbours(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """Sample ids (B, memory_k) of the training images nearest ``x`` in pixels and their cosines; None when no
+        layer reads its memory."""
+        if self.pixel_index is None or not any(layer.mode == "full" for layer in self.memory_layers()):
+            return None
+        return self.pixel_index.neighbours(x, self.config["memory_k"], sample_ids)
+
+    @torch.no_grad()
+    def fit_pixel_index(self, images: torch.Tensor, sample_ids: torch.Tensor) -> None:
+        """Store the un-augmented training images (N, C, *img_size) by ``sample_id`` for ``memory_retrieval="pixels"``."""
+        if self.pixel_index is None:
+            raise ValueError("this MemoryViT retrieves by its own keys or queries: it has no pixel index (memory_retrieval 'pixels')")
+        self.pixel_index.fit(images, sample_ids)
 
     def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B, num_classes) (log-probabilities with a memory vote, except while training with
@@ -239,6 +268,8 @@ class MemoryViT(nn.Module):
     def set_memory_mode(self, mode: str) -> None:
         if mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {mode!r}")
+        if mode == "prototypes" and self.pixel_index is not None:
+            raise ValueError("a memory read by pixel neighbours has no prototype mode: evaluate it with memory mode 'full' or 'off'")
         if self.readout is not None:
             self.readout.set_mode(mode)
         self.config["memory_mode"] = mode
@@ -266,6 +297,8 @@ class MemoryViT(nn.Module):
         if self.readout is not None:
             self.readout.training = True  # (its dropout module stays in eval behaviour)
         try:
+            if self.pixel_index is not None:
+                self.pixel_index.add(images, sample_ids)  # new cases become findable by their pixels too
             self.forward(images, sample_ids)
             self.commit_memory(sample_ids, labels)
         finally:

@@ -1,0 +1,27 @@
+"""Fill a MemoryViT's pixel index (``memory_retrieval="pixels"``) from the training images before training."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import torch
+
+from medmem.engine.batch import stack_batches
+from medmem.engine.handlers import unwrap
+
+logger = logging.getLogger(__name__)
+
+
+def fit_pixel_index(network: torch.nn.Module, train_batches: Iterable[dict]) -> int:
+    """Store the training images of ``train_batches`` (un-augmented ``{"image", "sample_id"}`` batches) in the network's
+    pixel index; returns how many. A network that retrieves by its own keys has no index: nothing is read, 0 returned
+    (so the call can sit in every training config, and a plain run draws no random numbers for it)."""
+    model = unwrap(network)
+    if getattr(model, "pixel_index", None) is None:
+        return 0
+    images, sample_ids = stack_batches(train_batches, key="sample_id")
+    device = next(model.parameters()).device
+    model.fit_pixel_index(images.to(device), sample_ids.to(device))
+    logger.info("pixel index: %d training images stored as %d-px thumbnails", len(sample_ids), model.pixel_index.size)
+    return len(sample_ids)
