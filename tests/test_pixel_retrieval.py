@@ -121,3 +121,24 @@ def test_pixel_retrieval_refuses_what_it_cannot_do():
         model(images(1))
     with pytest.raises(ValueError, match="no pixel index"):
         pixel_vit(memory_retrieval="key").fit_pixel_index(images(2), torch.arange(2))
+
+
+def test_training_config_builds_no_pixel_loader_for_a_network_without_an_index(data_root):
+    """MONAI's DataLoader draws from the global generator when built: building one for every network would reshuffle
+    the plain and key-retrieval networks' training (their runs would no longer reproduce)."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    from medmem.engine.pixel_index import fit_pixel_index
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parent.parent / "bundles/movit_classification/configs/train.json"))
+    parser.update({"dataset": "pbc_blood_cells_96", "regime": 1})
+    before = torch.get_rng_state()
+    make_loader = parser.get_parsed_content("pixel_index_loader")
+    assert fit_pixel_index(pixel_vit(memory_retrieval="key", memory_queries="all"), make_loader) == 0
+    assert torch.equal(torch.get_rng_state(), before)
+    # the network with an index gets the regime's training images, un-augmented
+    model = pixel_vit(in_channels=3, img_size=64, patch_size=8)
+    assert fit_pixel_index(model, make_loader) == len(parser.get_parsed_content("train#datalist")) == model.pixel_index.num_stored

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -13,14 +13,15 @@ from medmem.engine.handlers import unwrap
 logger = logging.getLogger(__name__)
 
 
-def fit_pixel_index(network: torch.nn.Module, train_batches: Iterable[dict]) -> int:
-    """Store the training images of ``train_batches`` (un-augmented ``{"image", "sample_id"}`` batches) in the network's
-    pixel index; returns how many. A network that retrieves by its own keys has no index: nothing is read, 0 returned
-    (so the call can sit in every training config, and a plain run draws no random numbers for it)."""
+def fit_pixel_index(network: torch.nn.Module, make_loader: Callable[[], Iterable[dict]]) -> int:
+    """Store the training images of ``make_loader()`` (un-augmented ``{"image", "sample_id"}`` batches) in the network's
+    pixel index; returns how many. A network that retrieves by its own keys has no index: no loader is built, 0 is
+    returned. Why a loader factory: MONAI's ``DataLoader`` draws a seed from the global generator when it is built, which
+    would change how every other network's training images are shuffled (the config passes it with ``"_mode_": "callable"``: a partial)."""
     model = unwrap(network)
     if getattr(model, "pixel_index", None) is None:
         return 0
-    images, sample_ids = stack_batches(train_batches, key="sample_id")
+    images, sample_ids = stack_batches(make_loader(), key="sample_id")
     device = next(model.parameters()).device
     model.fit_pixel_index(images.to(device), sample_ids.to(device))
     logger.info("pixel index: %d training images stored as %d-px thumbnails", len(sample_ids), model.pixel_index.size)
