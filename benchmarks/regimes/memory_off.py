@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_vote import load  # noqa: E402
-from run_regimes import DATASETS, NETWORKS, REPO, finished, planned_epochs, require_data_root, unit_features  # noqa: E402
+from run_regimes import DATASETS, NETWORKS, REPO, finished, plain_counterpart, planned_epochs, require_data_root, unit_features  # noqa: E402
 from seed_tables import markdown, tabulate  # noqa: E402
 from write_vs_train import evaluate  # noqa: E402
 
@@ -44,7 +44,7 @@ READ = ("feature cos", "read / residual", "attn / residual", "gate")
 def measure(dataset: str, network: str, regime: int, seed: int, runs: Path, manifest: dict, x: torch.Tensor, y) -> dict | None:
     """ACC and AUC of the four variants for one seed, or None when either trained run is missing or unfinished."""
     c = len(manifest["classes"])
-    plain_network = network.replace("movit", "vit", 1)
+    plain_network = plain_counterpart(network)
     memory_run, plain_run = (runs / dataset / f"{n}_r{regime}_s{seed}" for n in (network, plain_network))
     if not all(finished(r, planned_epochs(manifest, n, regime)) for r, n in ((memory_run, network), (plain_run, plain_network))):
         print(f"skip {dataset} {network} r{regime} s{seed}: {memory_run} or {plain_run} is not trained", file=sys.stderr)

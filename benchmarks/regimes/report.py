@@ -36,7 +36,9 @@ HEADINGS = {
                   "were no longer on disk, to score `*_pix` (the network's output fused with `medmem.memory.pixel_vote`, weight "
                   "chosen on validation) against references from the same runs: `vit_cs`, `movit_cs`, `vit_cs_knn` here are the "
                   "retrained runs, not the rows of [regimes_conv_stem.md](regimes_conv_stem.md) (a rerun does not reproduce a "
-                  "committed row to the digit; docs/design.md \"Session 14\")."),
+                  "committed row to the digit; docs/design.md \"Session 14\"). Session 15 added cells the same way, and "
+                  "`movit_cs_px`: the memory ViT whose class token reads the entries of its 10 nearest training images in "
+                  "pixels (`memory_retrieval pixels`), `movit_cs_px_pix` the same with the case vote."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -59,11 +61,13 @@ DATASET_NOTES = {
 
 # issue #6's targets, per results file: (memory network, plain network, k-NN reference over the plain one), one
 # section per memory design; in the ablations, the jittered pair and session 13's neighbour readout (same recipe);
-# session 14's pixel-space case vote on top of the memory ViT and of the plain ViT (``*_pix``)
+# session 14's pixel-space case vote on top of the memory ViT and of the plain ViT (``*_pix``); session 15's memory ViT
+# reading its pixel neighbours in attention (``movit_cs_px``)
 TARGET_MODELS = {
     "regimes_conv_stem": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn")],
     "regimes": [("movit", "vit", "vit_knn")],
-    "case_vote": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn")],
+    "case_vote": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn"),
+                  ("movit_cs_px", "vit_cs", "vit_cs_knn"), ("movit_cs_px_pix", "vit_cs", "vit_cs_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn")],
 }

@@ -134,6 +134,15 @@ def bundle(configs: list[str], overrides: dict, log: Path) -> None:
         subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
 
 
+def plain_counterpart(network: str) -> str:
+    """The plain network a memory network is compared with: ``movit_cs_ia`` -> ``vit_cs_ia``; a memory design's own suffix
+    is dropped where no plain network carries it (``movit_cs_px`` -> ``vit_cs``, ``movit_cs_ia_nh`` -> ``vit_cs_ia``)."""
+    plain = network.replace("movit", "vit", 1)
+    while plain not in NETWORKS and "_" in plain:
+        plain = plain.rsplit("_", 1)[0]
+    return plain
+
+
 def train_images(manifest: dict, regime: int) -> int:
     return len(manifest["regimes"][str(regime)]) if str(regime) in manifest["regimes"] else len(manifest["training"])
 
