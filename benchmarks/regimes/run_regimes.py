@@ -101,6 +101,10 @@ NETWORKS = {
     # (standardised 28-px thumbnails, medmem.memory.pixel_index), the neighbours session 14 found to carry what the
     # network lacks; k = 10 as the post-hoc case vote (movit_cs_pix). Geometry-only, as its case_vote.csv references.
     "movit_cs_px": {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10},
+    # ... the head trained on its own logits and the vote by its own loss (fused only at inference), with the neighbours'
+    # values mixed into the class token (gate) or not (combiner vote: the read only weighs the neighbours' labels)
+    "movit_cs_px_sep": {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10, "memory_vote_training": "separate"},
+    "movit_cs_px_vs": {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10, "memory_vote_training": "separate", "combiner": "vote"},
     "vit_cs_nr": {"memory_mode": "off", "stem": "conv", "rotate90": False},
     "movit_cs_nr": {**MOVIT, "stem": "conv", "rotate90": False},
     # session 13's design: no memory inside attention, the classifier reads the nearest training images' features and
