@@ -38,7 +38,9 @@ HEADINGS = {
                   "retrained runs, not the rows of [regimes_conv_stem.md](regimes_conv_stem.md) (a rerun does not reproduce a "
                   "committed row to the digit; docs/design.md \"Session 14\"). Session 15 added cells the same way, and "
                   "`movit_cs_px`: the memory ViT whose class token reads the entries of its 10 nearest training images in "
-                  "pixels (`memory_retrieval pixels`), `movit_cs_px_pix` the same with the case vote."),
+                  "pixels (`memory_retrieval pixels`), `movit_cs_px_pix` the same with the case vote; `movit_cs_px_vs` / `movit_cs_px_sep` "
+                  "the same read with the vote trained by its own loss (`memory_vote_training separate`), the neighbours' values "
+                  "not mixed into the class token (`combiner vote`) or mixed in (gate)."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -67,7 +69,8 @@ TARGET_MODELS = {
     "regimes_conv_stem": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn")],
     "regimes": [("movit", "vit", "vit_knn")],
     "case_vote": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn"),
-                  ("movit_cs_px", "vit_cs", "vit_cs_knn"), ("movit_cs_px_pix", "vit_cs", "vit_cs_knn")],
+                  ("movit_cs_px", "vit_cs", "vit_cs_knn"), ("movit_cs_px_pix", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs", "vit_cs", "vit_cs_knn"),
+                  ("movit_cs_px_sep", "vit_cs", "vit_cs_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn")],
 }
