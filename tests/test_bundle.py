@@ -209,6 +209,15 @@ def test_pixel_retrieval_trains_with_the_regime_in_its_index_and_evaluates_from_
     by_hand = medmem.engine.classification_metrics(medmem.engine.case_vote.network_probabilities(net, x).numpy(), [d["label"] for d in items], 8)
     report = json.loads((tmp_path / "eval_test_full" / "test_metrics.json").read_text())
     assert report["acc"] == pytest.approx(by_hand["acc"], abs=1e-6) and report["auc"] == pytest.approx(by_hand["auc"], abs=1e-6)
+    # no prototype mode: a folder of images is predicted from the full checkpoint, by its pixel neighbours
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    image = folder / ("a" + Path(items[0]["image"]).suffix)
+    image.symlink_to(Path(items[0]["image"]))
+    bundle("run", ["train.json", "inference.json"], {**overrides, "inference_memory_mode": "full", "input_paths": [str(folder)]})
+    row = (tmp_path / "inference" / "predictions.csv").read_text().splitlines()[1].split(",")
+    expected = medmem.engine.case_vote.network_probabilities(net, chain({"image": str(image)})["image"][None])[0]
+    torch.testing.assert_close(torch.tensor([float(v) for v in row[2:]]), expected, atol=1e-4, rtol=0)
 
 
 def test_verify_net_in_out(data_root):
