@@ -40,7 +40,7 @@ HEADINGS = {
                   "`movit_cs_px`: the memory ViT whose class token reads the entries of its 10 nearest training images in "
                   "pixels (`memory_retrieval pixels`), `movit_cs_px_pix` the same with the case vote; `movit_cs_px_vs` / `movit_cs_px_sep` "
                   "the same read with the vote trained by its own loss (`memory_vote_training separate`), the neighbours' values "
-                  "not mixed into the class token (`combiner vote`) or mixed in (gate)."),
+                  "not mixed into the class token (`combiner vote`) or mixed in (gate); `_k32`: 32 pixel neighbours instead of 10."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -70,7 +70,7 @@ TARGET_MODELS = {
     "regimes": [("movit", "vit", "vit_knn")],
     "case_vote": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_px", "vit_cs", "vit_cs_knn"), ("movit_cs_px_pix", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs", "vit_cs", "vit_cs_knn"),
-                  ("movit_cs_px_sep", "vit_cs", "vit_cs_knn")],
+                  ("movit_cs_px_sep", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs_k32", "vit_cs", "vit_cs_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn")],
 }

@@ -105,6 +105,7 @@ NETWORKS = {
     # values mixed into the class token (gate) or not (combiner vote: the read only weighs the neighbours' labels)
     "movit_cs_px_sep": {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10, "memory_vote_training": "separate"},
     "movit_cs_px_vs": {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10, "memory_vote_training": "separate", "combiner": "vote"},
+    "movit_cs_px_vs_k32": {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 32, "memory_vote_training": "separate", "combiner": "vote"},
     "vit_cs_nr": {"memory_mode": "off", "stem": "conv", "rotate90": False},
     "movit_cs_nr": {**MOVIT, "stem": "conv", "rotate90": False},
     # session 13's design: no memory inside attention, the classifier reads the nearest training images' features and
