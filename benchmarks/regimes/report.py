@@ -40,7 +40,7 @@ HEADINGS = {
                   "`movit_cs_px`: the memory ViT whose class token reads the entries of its 10 nearest training images in "
                   "pixels (`memory_retrieval pixels`), `movit_cs_px_pix` the same with the case vote; `movit_cs_px_vs` / `movit_cs_px_sep` "
                   "the same read with the vote trained by its own loss (`memory_vote_training separate`), the neighbours' values "
-                  "not mixed into the class token (`combiner vote`) or mixed in (gate); `_k32`: 32 pixel neighbours instead of 10."),
+                  "not mixed into the class token (`combiner vote`) or mixed in (gate); `_k32`: 32 pixel neighbours instead of 10; `_tv`: `_vs` with its vote weight re-chosen on validation after training."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -70,7 +70,8 @@ TARGET_MODELS = {
     "regimes": [("movit", "vit", "vit_knn")],
     "case_vote": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_px", "vit_cs", "vit_cs_knn"), ("movit_cs_px_pix", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs", "vit_cs", "vit_cs_knn"),
-                  ("movit_cs_px_sep", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs_k32", "vit_cs", "vit_cs_knn")],
+                  ("movit_cs_px_sep", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs_k32", "vit_cs", "vit_cs_knn"),
+                  ("movit_cs_px_vs_tv", "vit_cs", "vit_cs_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn")],
 }
@@ -122,10 +123,11 @@ def target_lines(cells: dict, memory: str, plain: str, knn: str) -> list[str]:
 
 
 def jitter_of(recipes: dict, dataset: str, model: str, regime: int) -> str:
-    """A cell's jitter: trained cells from the audit, k-NN and pixel-vote cells that of the network they read, logreg none."""
+    """A cell's jitter: trained cells from the audit, k-NN, pixel-vote and tuned-vote cells that of the network they read,
+    logreg none."""
     if model == "logreg":
         return "none"
-    return recipes.get((dataset, model.split("_knn")[0].removesuffix("_pix"), regime), "?")
+    return recipes.get((dataset, model.split("_knn")[0].removesuffix("_pix").removesuffix("_tv"), regime), "?")
 
 
 def mean_std(values: list[float]) -> str:

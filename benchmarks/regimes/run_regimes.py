@@ -332,6 +332,32 @@ def run_pixel_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manife
     return {"train_images": len(ytr), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
 
 
+def tuned_vote_network(model: str) -> str | None:
+    """``movit_cs_px_vs_tv`` -> the trained memory network whose vote weight is re-chosen on validation (``movit_cs_px_vs``)."""
+    return model.removesuffix("_tv") if model.endswith("_tv") and model.removesuffix("_tv") in NETWORKS else None
+
+
+def run_tuned_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, network: str) -> dict:
+    """The trained memory ``network`` with its memory vote's weight w re-chosen on the validation split
+    (``medmem.memory.vote.choose_vote_weight`` over its head and vote, as ``MemoryEditor.tune_vote_weight`` does after
+    writing cases); the test split is scored once. No training."""
+    import torch
+
+    from medmem.engine.metrics import classification_metrics
+    from medmem.memory.vote import choose_vote_weight, fused, head_and_vote
+
+    start = time.time()
+    cfg = DATASETS[dataset]
+    num_classes = len(manifest["classes"])
+    net = load_trained(dataset, network, regime, seed, runs, manifest)
+    xva, yva = load_arrays(dataset, "validation", None, cfg["image_size"], cfg["in_channels"])
+    xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
+    weight, _ = choose_vote_weight(*head_and_vote(net, xva), torch.as_tensor(yva))
+    m = classification_metrics(fused(*head_and_vote(net, xte), weight).numpy(), yte, num_classes)
+    print(f"    vote weight chosen on validation: {weight:.1f} (trained with {net.memory_vote:.1f})", flush=True)
+    return {"train_images": train_images(manifest, regime), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
+
+
 def read_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(open(path))) if path.exists() else []
 
@@ -381,6 +407,8 @@ def main() -> None:
                 elif knn_plain_network(model):
                     fuse = 0.5 if model.endswith("_vote") else 0.0
                     result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest, fuse=fuse, plain=knn_plain_network(model))
+                elif tuned_vote_network(model):
+                    result = run_tuned_vote_cell(args.dataset, regime, seed, runs, manifest, tuned_vote_network(model))
                 elif pixel_vote_network(model):
                     result = run_pixel_vote_cell(args.dataset, regime, seed, runs, manifest, pixel_vote_network(model))
                 else:
