@@ -314,22 +314,25 @@ def run_pixel_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manife
     its output, the weight chosen on the validation split; the test split is scored once. No training."""
     import torch
 
-    from medmem.engine.metrics import classification_metrics
     from medmem.memory.pixel_vote import PixelCaseVote
 
     start = time.time()
     cfg = DATASETS[dataset]
-    num_classes = len(manifest["classes"])
     net = load_trained(dataset, network, regime, seed, runs, manifest)
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
-    xva, yva = load_arrays(dataset, "validation", None, cfg["image_size"], cfg["in_channels"])
-    xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
-    memory = PixelCaseVote(num_classes, cfg["in_channels"]).fit(xtr, torch.as_tensor(ytr))
+    (xva, yva), (xte, yte) = (load_arrays(dataset, split, None, cfg["image_size"], cfg["in_channels"]) for split in ("validation", "test"))
+    memory = PixelCaseVote(len(manifest["classes"]), cfg["in_channels"]).fit(xtr, torch.as_tensor(ytr))
     memory.calibrate(probabilities(net, xva), xva, torch.as_tensor(yva))
-    probs = memory(probabilities(net, xte), xte).numpy()
-    m = classification_metrics(probs, yte, num_classes)
     print(f"    pixel vote weight chosen on validation: {float(memory.weight):.1f}", flush=True)
-    return {"train_images": len(ytr), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
+    return post_hoc_row(memory(probabilities(net, xte), xte).numpy(), yte, manifest, len(ytr), start)
+
+
+def post_hoc_row(probs, labels, manifest: dict, train_count: int, start: float) -> dict:
+    """The results row of a cell scored on the test split without training: probabilities (N, C), labels (N,)."""
+    from medmem.engine.metrics import classification_metrics
+
+    m = classification_metrics(probs, labels, len(manifest["classes"]))
+    return {"train_images": train_count, "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
 
 
 def tuned_vote_network(model: str) -> str | None:
@@ -343,19 +346,15 @@ def run_tuned_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manife
     writing cases); the test split is scored once. No training."""
     import torch
 
-    from medmem.engine.metrics import classification_metrics
     from medmem.memory.vote import choose_vote_weight, fused, head_and_vote
 
     start = time.time()
     cfg = DATASETS[dataset]
-    num_classes = len(manifest["classes"])
     net = load_trained(dataset, network, regime, seed, runs, manifest)
-    xva, yva = load_arrays(dataset, "validation", None, cfg["image_size"], cfg["in_channels"])
-    xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
+    (xva, yva), (xte, yte) = (load_arrays(dataset, split, None, cfg["image_size"], cfg["in_channels"]) for split in ("validation", "test"))
     weight, _ = choose_vote_weight(*head_and_vote(net, xva), torch.as_tensor(yva))
-    m = classification_metrics(fused(*head_and_vote(net, xte), weight).numpy(), yte, num_classes)
     print(f"    vote weight chosen on validation: {weight:.1f} (trained with {net.memory_vote:.1f})", flush=True)
-    return {"train_images": train_images(manifest, regime), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
+    return post_hoc_row(fused(*head_and_vote(net, xte), weight).numpy(), yte, manifest, train_images(manifest, regime), start)
 
 
 def read_rows(path: Path) -> list[dict]:
