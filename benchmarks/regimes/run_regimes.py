@@ -50,6 +50,7 @@ BATCH = 64
 # the memory ViT as chosen in session 2 (docs/design.md): class tokens retrieve other images' class
 # tokens by key similarity, and the memory attention's label vote is half of the output
 MOVIT = {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_vote": 0.5}
+PIXEL_READ = {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10}  # session 15 (movit_cs_px below)
 NETWORKS = {
     "vit": {"memory_mode": "off"},
     "movit": MOVIT,
@@ -97,17 +98,17 @@ NETWORKS = {
     "movit_cs_ia": {**MOVIT, "stem": "conv", "intensity_augment": True},
     # without the right-angle turns (flips and the small affine stay): the pixel models see the scans upright, the
     # study's ViTs never did (session 14, benchmarks/regimes/other_space.py)
+    "vit_cs_nr": {"memory_mode": "off", "stem": "conv", "rotate90": False},
+    "movit_cs_nr": {**MOVIT, "stem": "conv", "rotate90": False},
     # session 15's design: the class token reads the memory entries of the k training images nearest in pixels
     # (standardised 28-px thumbnails, medmem.memory.pixel_index), the neighbours session 14 found to carry what the
     # network lacks; k = 10 as the post-hoc case vote (movit_cs_pix). Geometry-only, as its case_vote.csv references.
-    "movit_cs_px": {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10},
+    "movit_cs_px": PIXEL_READ,
     # ... the head trained on its own logits and the vote by its own loss (fused only at inference), with the neighbours'
     # values mixed into the class token (gate) or not (combiner vote: the read only weighs the neighbours' labels)
-    "movit_cs_px_sep": {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10, "memory_vote_training": "separate"},
-    "movit_cs_px_vs": {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10, "memory_vote_training": "separate", "combiner": "vote"},
-    "movit_cs_px_vs_k32": {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 32, "memory_vote_training": "separate", "combiner": "vote"},
-    "vit_cs_nr": {"memory_mode": "off", "stem": "conv", "rotate90": False},
-    "movit_cs_nr": {**MOVIT, "stem": "conv", "rotate90": False},
+    "movit_cs_px_sep": {**PIXEL_READ, "memory_vote_training": "separate"},
+    "movit_cs_px_vs": {**PIXEL_READ, "memory_vote_training": "separate", "combiner": "vote"},
+    "movit_cs_px_vs_k32": {**PIXEL_READ, "memory_k": 32, "memory_vote_training": "separate", "combiner": "vote"},
     # session 13's design: no memory inside attention, the classifier reads the nearest training images' features and
     # labels (medmem.networks.neighbour_readout); the plain ViT's backbone and the same bank (ATMA, own image excluded).
     # With the jitter (the bundle's recipe), so its references are vit_cs_ia / movit_cs_ia / vit_cs_ia_knn.
@@ -239,8 +240,6 @@ def run_logreg_cell(dataset: str, regime: int, seed: int, manifest: dict) -> dic
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from medmem.engine.metrics import classification_metrics
-
     start = time.time()
     ch = DATASETS[dataset]["in_channels"]
     xtr, ytr = load_arrays(dataset, "training", regime, 28, ch)
@@ -248,8 +247,15 @@ def run_logreg_cell(dataset: str, regime: int, seed: int, manifest: dict) -> dic
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.1, random_state=seed))
     clf.fit(xtr.flatten(1).numpy(), ytr)
     probs = _full_proba(clf, xte.flatten(1).numpy(), len(manifest["classes"]))
-    m = classification_metrics(probs, yte, len(manifest["classes"]))
-    return {"train_images": len(ytr), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
+    return post_hoc_row(probs, yte, manifest, len(ytr), start)
+
+
+def post_hoc_row(probs, labels, manifest: dict, train_count: int, start: float) -> dict:
+    """The results row of a cell scored on the test split without training: probabilities (N, C), labels (N,)."""
+    from medmem.engine.metrics import classification_metrics
+
+    m = classification_metrics(probs, labels, len(manifest["classes"]))
+    return {"train_images": train_count, "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
 
 
 def _full_proba(clf, x, num_classes: int):
@@ -288,8 +294,6 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     ``plain`` names the trained memory-less network (``vit``: patch stem, ``vit_cs``: conv stem)."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from medmem.engine.metrics import classification_metrics
-
     start = time.time()
     cfg = DATASETS[dataset]
     net = load_trained(dataset, plain, regime, seed, runs, manifest)
@@ -299,8 +303,7 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     probs = _full_proba(knn, unit_features(net, xte), len(manifest["classes"]))
     if fuse > 0:
         probs = (1 - fuse) * probabilities(net, xte).numpy() + fuse * probs
-    m = classification_metrics(probs, yte, len(manifest["classes"]))
-    return {"train_images": len(ytr), "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
+    return post_hoc_row(probs, yte, manifest, len(ytr), start)
 
 
 def pixel_vote_network(model: str) -> str | None:
@@ -325,14 +328,6 @@ def run_pixel_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manife
     memory.calibrate(probabilities(net, xva), xva, torch.as_tensor(yva))
     print(f"    pixel vote weight chosen on validation: {float(memory.weight):.1f}", flush=True)
     return post_hoc_row(memory(probabilities(net, xte), xte).numpy(), yte, manifest, len(ytr), start)
-
-
-def post_hoc_row(probs, labels, manifest: dict, train_count: int, start: float) -> dict:
-    """The results row of a cell scored on the test split without training: probabilities (N, C), labels (N,)."""
-    from medmem.engine.metrics import classification_metrics
-
-    m = classification_metrics(probs, labels, len(manifest["classes"]))
-    return {"train_images": train_count, "epochs": 0, "acc": m["acc"], "auc": m["auc"], "f1": m["f1"], "wall_s": round(time.time() - start, 1)}
 
 
 def tuned_vote_network(model: str) -> str | None:

@@ -212,7 +212,7 @@ class MemorySABlock(SABlock):
         layout of :meth:`_full_memory`; ``found_by`` (B, k) is reported as the probe's cosine."""
         if qn.shape[2] != 1:
             raise ValueError("neighbours chosen outside the layer are read by the class token only: use memory_queries 'cls'")
-        rows = self.memory.rows_of(neighbour_ids.to(self.memory.keys.device))  # (B, k)
+        rows = self.memory.rows_of(neighbour_ids)  # (B, k), on the memory's device
         b, k = rows.shape
         index = (rows.clamp(min=0) * self.memory.tokens).view(b, 1, 1, k).expand(b, self.num_heads, 1, k)
         mixes_values = self.combiner != "vote"
