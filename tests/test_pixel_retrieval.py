@@ -142,3 +142,31 @@ def test_training_config_builds_no_pixel_loader_for_a_network_without_an_index(d
     # the network with an index gets the regime's training images, un-augmented
     model = pixel_vit(in_channels=3, img_size=64, patch_size=8)
     assert fit_pixel_index(model, make_loader) == len(parser.get_parsed_content("train#datalist")) == model.pixel_index.num_stored
+
+
+def test_pixel_bias_alone_weighs_the_neighbours_as_the_distance_weighted_pixel_knn_and_is_learned():
+    from medmem.memory.pixel_vote import PixelCaseVote
+    from medmem.networks.memory_vit import param_groups
+
+    x, y, ids = images(12), torch.arange(12) % 3, torch.arange(12)
+    queries = images(5, seed=3)
+    case_vote = PixelCaseVote(3, 1, size=8, k=3).fit(x, y).vote(queries)
+    votes = {}
+    for bias in (False, True):
+        model = pixel_vit(pixel_bias=bias).eval()
+        model.fit_pixel_index(x, ids)
+        model.write_memory(x, ids, y)
+        layer = model.memory_layers()[0]
+        layer.log_tau.data.fill_(-30.0)  # no query-key part: the scores are the pixel bias alone (beta = 1 at start)
+        model(queries)
+        votes[bias] = layer.last_vote
+    torch.testing.assert_close(votes[True], case_vote)
+    assert not torch.allclose(votes[False], case_vote, atol=1e-3)  # without it the three neighbours weigh alike
+    # beta is trained (with the read's other scalars: larger learning rate, no weight decay)
+    model.train()
+    model(x, ids).sum().backward()
+    assert layer.pixel_beta.grad is not None and layer.pixel_beta.grad.abs().sum() > 0
+    memory_group = param_groups(model, 1e-3, 0.05)[1]
+    assert any(p is layer.pixel_beta for p in memory_group["params"]) and memory_group["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="needs memory_retrieval 'pixels'"):
+        pixel_vit(memory_retrieval="key", pixel_bias=True)

@@ -109,6 +109,8 @@ NETWORKS = {
     "movit_cs_px_sep": {**PIXEL_READ, "memory_vote_training": "separate"},
     "movit_cs_px_vs": {**PIXEL_READ, "memory_vote_training": "separate", "combiner": "vote"},
     "movit_cs_px_vs_k32": {**PIXEL_READ, "memory_k": 32, "memory_vote_training": "separate", "combiner": "vote"},
+    # session 16: the neighbours' pixel similarity as a learned bias in the attention scores over them
+    "movit_cs_px_vs_pb": {**PIXEL_READ, "memory_vote_training": "separate", "combiner": "vote", "pixel_bias": True},
     # session 13's design: no memory inside attention, the classifier reads the nearest training images' features and
     # labels (medmem.networks.neighbour_readout); the plain ViT's backbone and the same bank (ATMA, own image excluded).
     # With the jitter (the bundle's recipe), so its references are vit_cs_ia / movit_cs_ia / vit_cs_ia_knn.

@@ -63,6 +63,7 @@ class MemorySABlock(SABlock):
         num_classes: int = 0,
         same_token: bool = False,
         retrieve_by_key: bool = False,
+        pixel_bias: bool = False,
     ) -> None:
         super().__init__(hidden_size, num_heads, dropout_rate, qkv_bias=qkv_bias)
         for name, value, allowed in (("mode", mode, MEMORY_MODES), ("combiner", combiner, COMBINERS), ("queries", queries, MEMORY_QUERIES)):
@@ -74,6 +75,12 @@ class MemorySABlock(SABlock):
         # find neighbours by key-to-key similarity (images alike), then attend to them by query-key
         # scores; query-key retrieval lets a few "hub" keys attract every query
         self.retrieve_by_key = retrieve_by_key
+        # neighbours given with their pixel similarity (memory_retrieval "pixels"): add -beta * log(1 - cos) to their
+        # attention scores, so that with tau -> 0 and beta = 1 the read weighs them as the distance-weighted pixel k-NN
+        # (the case vote) does; beta (per head) is learned, starting there
+        self.pixel_bias = pixel_bias
+        if pixel_bias:
+            self.pixel_beta = nn.Parameter(torch.ones(num_heads))
         self.memory = ExternalMemory(num_heads, self.dim_head, tokens, momentum, dtype=memory_dtype, backend=memory_backend)
         self.gate_logit = nn.Parameter(torch.zeros(num_heads))
         self.log_tau = nn.Parameter(torch.full((num_heads,), math.log(math.sqrt(self.dim_head))))
@@ -144,6 +151,8 @@ class MemorySABlock(SABlock):
                 top = probe_cos.masked_fill(~mem_valid, -2.0).topk(self.k, dim=-1).indices
                 mem_valid = mem_valid & torch.zeros_like(mem_valid).scatter(-1, top, True)
         mem_scores = (mem_cos * tau).masked_fill(~mem_valid, -1e4)
+        if self.pixel_bias and neighbours is not None:
+            mem_scores = mem_scores + self._pixel_score_bias(probe_cos)
 
         if self.combiner == "gate" or self.combiner == "vote":
             mem_weights = torch.softmax(mem_scores, dim=-1) * mem_valid
@@ -223,6 +232,12 @@ class MemorySABlock(SABlock):
         valid = (rows >= 0).view(b, 1, 1, k).expand(b, self.num_heads, 1, k)
         probe_cos = found_by.to(cos.dtype).view(b, 1, 1, k).expand_as(cos).masked_fill(~valid, -1.0)
         return cos, mem_values, valid, index, probe_cos
+
+    @torch.jit.unused
+    def _pixel_score_bias(self, pixel_cos: torch.Tensor) -> torch.Tensor:
+        """-beta * log(cosine distance) (B, H, 1, k) for the given neighbours' pixel cosines (B, H, 1, k)."""
+        distance = (1.0 - pixel_cos).clamp(min=1e-6)
+        return -self.pixel_beta.view(1, -1, 1, 1) * torch.log(distance)
 
     @torch.jit.unused
     @torch.no_grad()

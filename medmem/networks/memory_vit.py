@@ -63,6 +63,9 @@ class MemoryViT(nn.Module):
             :meth:`fit_pixel_index` before training), whose class-token entries the class token reads (needs
             ``memory_queries="cls"``; no prototype mode). Attention over them uses query-key scores either way.
         pixel_size: thumbnail side of the ``pixels`` retrieval.
+        pixel_bias: with the ``pixels`` retrieval, add ``-beta * log(1 - pixel cosine)`` (beta learned per head, from 1)
+            to the class token's attention scores over its pixel neighbours, so the read can weigh them by how alike
+            they look as well as by query-key similarity (beta = 1 alone: the distance-weighted pixel k-NN's weights).
         memory_vote: weight w of the memory vote in the output, in [0, 1): the model returns
             ``log((1 - w) * softmax(logits) + w * vote)``, where ``vote`` is the class distribution the
             last memorising layer's class token read from the labels of the entries it attended to
@@ -121,12 +124,15 @@ class MemoryViT(nn.Module):
         readout_k: int = 32,
         readout_labels: bool = True,
         pixel_size: int = 28,
+        pixel_bias: bool = False,
     ) -> None:
         super().__init__()
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
         # bundle overrides arrive as text ('false' would be true)
-        qkv_bias, memory_labels, readout_labels = (as_flag(v, n) for v, n in ((qkv_bias, "qkv_bias"), (memory_labels, "memory_labels"), (readout_labels, "readout_labels")))
+        qkv_bias, memory_labels, readout_labels, pixel_bias = (
+            as_flag(v, n) for v, n in ((qkv_bias, "qkv_bias"), (memory_labels, "memory_labels"), (readout_labels, "readout_labels"), (pixel_bias, "pixel_bias"))
+        )
         img_size = tuple(ensure_tuple_rep(img_size, spatial_dims))
         patch_size = tuple(ensure_tuple_rep(patch_size, spatial_dims))
         for i, p in zip(img_size, patch_size):
@@ -143,12 +149,14 @@ class MemoryViT(nn.Module):
             "memory_backend": memory_backend, "memory_dtype": memory_dtype, "memory_labels": memory_labels,
             "memory_match": memory_match, "memory_retrieval": memory_retrieval, "memory_vote": memory_vote,
             "memory_vote_training": memory_vote_training, "stem": stem, "readout": readout, "readout_k": readout_k,
-            "readout_labels": readout_labels, "pixel_size": pixel_size,
+            "readout_labels": readout_labels, "pixel_size": pixel_size, "pixel_bias": pixel_bias,
         }  # fmt: skip
         if memory_retrieval not in RETRIEVALS:
             raise ValueError(f"memory_retrieval must be one of {RETRIEVALS}, got {memory_retrieval!r}")
         if memory_retrieval == "pixels" and (memory_queries != "cls" or memory_mode == "prototypes"):
             raise ValueError("memory_retrieval 'pixels' reads the class token's neighbours only: use memory_queries 'cls' and memory_mode 'full' or 'off'")
+        if pixel_bias and memory_retrieval != "pixels":
+            raise ValueError("pixel_bias weighs neighbours found in pixels: it needs memory_retrieval 'pixels'")
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         if readout == "neighbours" and memory_mode == "prototypes":
@@ -176,7 +184,7 @@ class MemoryViT(nn.Module):
             mode=memory_mode, k=memory_k, momentum=atma_momentum, combiner=combiner, num_prototypes=num_prototypes,
             queries=memory_queries, memory_backend=memory_backend, memory_dtype=getattr(torch, memory_dtype),
             label_aware=memory_labels, num_classes=num_classes, same_token=memory_match == "same_token",
-            retrieve_by_key=memory_retrieval == "key",
+            retrieve_by_key=memory_retrieval == "key", pixel_bias=pixel_bias,
         )  # fmt: skip
         self.blocks = nn.ModuleList(
             MemoryTransformerBlock(hidden_size, mlp_dim, num_heads, self.tokens, dropout_rate, qkv_bias, **memory_kwargs)
@@ -334,7 +342,7 @@ class MemoryViT(nn.Module):
 
 
 def param_groups(network: nn.Module, lr: float, weight_decay: float, memory_lr_scale: float = 20.0) -> List[dict]:
-    """Optimiser groups: the memory read's own scalars (per-head gate logits and temperatures) get a
+    """Optimiser groups: the memory read's own scalars (per-head gate logits, temperatures, pixel-bias weights) get a
     larger learning rate and no weight decay; everything else is as usual.
 
     Why: these are a handful of scalars that start at a neutral value (gate 0.5); at the backbone's
@@ -342,7 +350,7 @@ def param_groups(network: nn.Module, lr: float, weight_decay: float, memory_lr_s
     could not leave 0.5, and weight decay would pull it back there. In ``off`` mode they receive no
     gradient, so a plain-ViT baseline trains exactly as with a single group.
     """
-    memory_names = ("gate_logit", "log_tau")
+    memory_names = ("gate_logit", "log_tau", "pixel_beta")
     memory, rest = [], []
     for name, p in network.named_parameters():
         (memory if name.rsplit(".", 1)[-1] in memory_names else rest).append(p)
