@@ -168,7 +168,7 @@ def test_case_vote_is_weighed_on_validation_and_fused_into_evaluation(trained):
     fused = json.loads((out / "eval_test_full_case_vote" / "test_metrics.json").read_text())
     # the same numbers by hand: the trained network's softmax fused with the saved vote on the test images
     import medmem
-    from medmem.engine.case_vote import load_case_vote, network_probabilities
+    from medmem.engine.case_vote import load_case_vote_file, network_probabilities
 
     net = medmem.networks.MemoryViT(3, 32, 8, 8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=8, num_prototypes=16, memory_mode="full",
                                     memory_match="same_token", memory_retrieval="key", memory_vote=0.5, stem="conv")  # the bundle defaults
@@ -176,8 +176,12 @@ def test_case_vote_is_weighed_on_validation_and_fused_into_evaluation(trained):
     chain = medmem.data.eval_transforms(32, 3)
     items = medmem.data.load_datalist(medmem.engine.resolve_manifest("pbc_blood_cells_96"), "test", None)
     x = torch.stack([chain({"image": d["image"]})["image"] for d in items])
-    vote = load_case_vote(str(out / "models" / "case_vote.pt"))
+    vote, cases = load_case_vote_file(str(out / "models" / "case_vote.pt"))
     assert float(vote.weight) == report["weight"]
+    # every stored case is named by its training item (for medmem predict --case-vote)
+    train_items = {d["sample_id"]: d for d in medmem.data.load_datalist(medmem.engine.resolve_manifest("pbc_blood_cells_96"), "training", None, 1)}
+    assert sorted(vote.sample_ids.tolist()) == sorted(train_items) and set(cases) == {str(i) for i in train_items}
+    assert all(cases[str(i)]["case_id"] == d["case_id"] and cases[str(i)]["label"] == manifest["classes"][d["label"]] for i, d in train_items.items())
     by_hand = medmem.engine.classification_metrics(vote(network_probabilities(net, x), x).numpy(), [d["label"] for d in items], 8)
     assert fused["n"] == len(items) and fused["case_vote"] is True
     assert fused["acc"] == pytest.approx(by_hand["acc"], abs=1e-6) and fused["auc"] == pytest.approx(by_hand["auc"], abs=1e-6)

@@ -83,3 +83,18 @@ def test_bad_input_is_refused_with_the_reason():
         memory.fit(torch.zeros(4, 1, 16, 16), torch.tensor([0, 1, 2, 0]))
     with pytest.raises(ValueError, match="one label per image"):
         memory.fit(torch.zeros(4, 1, 16, 16), torch.zeros(3))
+
+
+def test_nearest_names_the_voting_cases_and_older_files_without_ids_still_load():
+    images, labels = two_class_images(20)
+    memory = PixelCaseVote(num_classes=2, in_channels=1, size=8, k=3).fit(images, labels, torch.arange(20) + 500)
+    index, cos = memory.nearest(images[:2])
+    assert index[:, 0].tolist() == [0, 1] and memory.sample_ids[index[:, 0]].tolist() == [500, 501]  # itself first
+    assert bool((cos[:, :-1] >= cos[:, 1:]).all())
+    old = {k: v for k, v in memory.state_dict().items() if k != "sample_ids"}  # a bundle 0.4.0-0.5.0 file
+    loaded = PixelCaseVote(num_classes=2, in_channels=1, size=8, k=3)
+    loaded.load_state_dict(old)
+    assert loaded.sample_ids.tolist() == [-1] * 20
+    torch.testing.assert_close(loaded.vote(images[:5]), memory.vote(images[:5]))
+    with pytest.raises(ValueError, match="one sample id per image"):
+        PixelCaseVote(num_classes=2, in_channels=1).fit(images, labels, torch.arange(3))

@@ -201,3 +201,48 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(deployable, mixed_fold
     subprocess.run(cmd + ["--resume"], check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     for name in ("predictions.csv", "errors.csv", "predictions.jsonl"):
         assert (killed / name).read_text() == (whole / name).read_text()
+
+
+def test_case_vote_fuses_at_its_weight_and_names_the_training_cases_that_voted(deployable, mixed_folder, tmp_path):
+    from medmem.engine.batch_predict import Study, StudyLoader, load_deployable
+    from medmem.engine.case_vote import fit_case_vote, load_case_vote_file
+
+    torch.manual_seed(1)
+    x, y, ids = torch.rand(12, 1, 16, 16), torch.arange(12) % 3, torch.arange(12) + 100
+    network, card = load_deployable(str(deployable))
+    datalist = [{"sample_id": int(i), "label": int(c), "case_id": f"train/case_{int(i)}.png"} for i, c in zip(ids, y)]
+    path = tmp_path / "case_vote.pt"
+    fit_case_vote(network, str(deployable), [{"image": x, "label": y, "sample_id": ids}], [{"image": x[:6], "label": y[:6]}],
+                  str(path), str(tmp_path / "report.json"), k=4, size=8, class_names=["a", "b", "c"], training_datalist=datalist)  # fmt: skip
+    saved = torch.load(path, weights_only=True)
+    saved["state_dict"]["weight"].fill_(0.5)  # whatever validation chose: fuse half and half
+    torch.save(saved, path)
+    vote, _ = load_case_vote_file(str(path))
+
+    out = tmp_path / "out"
+    run_prediction([str(mixed_folder)], str(deployable), str(out), case_vote=str(path), top_cases=3)
+    row = next(json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if json.loads(line)["input"] == "cell.jpg")
+    image = StudyLoader(card["network"]["img_size"], 1, 2).load(Study("cell.jpg", str(mixed_folder / "cell.jpg")))[None]
+    with torch.no_grad():
+        by_hand = 0.5 * network(image).softmax(-1) + 0.5 * vote.vote(image)
+    assert [row["probabilities"][c] for c in "abc"] == pytest.approx(by_hand[0].tolist(), abs=1e-5)
+    assert not torch.allclose(by_hand, network(image).softmax(-1).detach(), atol=1e-3)  # the vote moved it
+    nearest, cosines = vote.nearest(image)
+    assert [c["sample_id"] for c in row["pixel_similar_cases"]] == (ids[nearest[0, :3]]).tolist()
+    assert all(c["case"] == f"train/case_{c['sample_id']}.png" and c["class"] == "abc"[(c["sample_id"] - 100) % 3] for c in row["pixel_similar_cases"])
+    assert [c["cosine"] for c in row["pixel_similar_cases"]] == pytest.approx(cosines[0, :3].tolist(), abs=1e-4)
+    assert read_csv(out / "predictions.csv")[0]["pixel_similar_cases"].count(":train/case_") == 3
+    # without it: the network's own probabilities and no pixel cases; a case vote for other images is refused by name
+    plain = tmp_path / "plain"
+    run_prediction([str(mixed_folder)], str(deployable), str(plain))
+    assert all(not json.loads(line)["pixel_similar_cases"] for line in (plain / "predictions.jsonl").read_text().splitlines())
+    from medmem.memory.pixel_vote import PixelCaseVote
+
+    rgb = PixelCaseVote(3, 3, size=8, k=4).fit(torch.rand(6, 3, 16, 16), torch.arange(6) % 3)
+    torch.save({"config": {"num_classes": 3, "in_channels": 3, "size": 8, "k": 4}, "state_dict": rgb.state_dict()}, tmp_path / "rgb.pt")
+    with pytest.raises(ValueError, match=r"rgb\.pt: this case vote was fitted for 3-channel images"):
+        run_prediction([str(mixed_folder)], str(deployable), str(tmp_path / "x"), case_vote=str(tmp_path / "rgb.pt"))
+    saved["config"]["in_channels"] = 3  # a file whose settings do not fit its contents
+    torch.save(saved, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match=r"broken\.pt: not a case vote"):
+        run_prediction([str(mixed_folder)], str(deployable), str(tmp_path / "y"), case_vote=str(tmp_path / "broken.pt"))

@@ -31,13 +31,16 @@ class PrepareBatchWithIds(PrepareBatch):
         return images, labels, (), {"sample_ids": ids.to(device)}
 
 
-def stack_batches(batches: Iterable[dict], key: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
-    """All images (N, C, *spatial) and their ``key`` values (N,) (labels, or sample ids) of a loader of
-    ``{"image", key}`` batches, on the CPU."""
-    images, labels = [], []
+def stack_batches(batches: Iterable[dict], *keys: str) -> tuple[torch.Tensor, ...]:
+    """All images (N, C, *spatial) and the values (N,) of each of ``keys`` (default ``label``; or ``sample_id``, ...)
+    of a loader of ``{"image", *keys}`` batches, on the CPU: ``(images, *values)``."""
+    keys = keys or ("label",)
+    images: list[torch.Tensor] = []
+    values: list[list[torch.Tensor]] = [[] for _ in keys]
     for batch in batches:
         images.append(torch.as_tensor(batch["image"]).cpu())
-        labels.append(torch.as_tensor(batch[key]).reshape(-1).long())
+        for key, stacked in zip(keys, values):
+            stacked.append(torch.as_tensor(batch[key]).reshape(-1).long())
     if not images:
         raise ValueError("no images to build the memory from (empty split)")
-    return torch.cat(images), torch.cat(labels)
+    return (torch.cat(images), *(torch.cat(v) for v in values))

@@ -9,7 +9,9 @@ Outputs in the output folder:
   are appended per batch to part files, so an interrupted run keeps what it finished): input (relative path), series UID, predicted
   class, probabilities, memory reliance, familiarity and an out-of-distribution flag (familiarity
   below the threshold calibrated on the validation split by the summarise step), and the most
-  similar training cases recalled from the memory or prototypes (id, case, class);
+  similar training cases recalled from the memory or prototypes (id, case, class); with ``case_vote``
+  (the bundle's ``models/case_vote.pt``) the probabilities are the network's fused with the pixel-space case vote
+  at its validated weight, and ``pixel_similar_cases`` lists the training cases that voted (id, case, class, cosine);
 - ``errors.csv``: inputs that could not be used, with the reason; the run goes on past them.
 No DICOM tag other than the allow-listed, non-identifying ones is read into any output.
 """
@@ -31,8 +33,10 @@ from medmem.atomic import atomic_path, write_text_atomic
 from medmem.data.manifest import is_hidden
 from medmem.data.readers import DicomReader, ImageLoadError, is_dicom_file
 from medmem.data.transforms import LoadMedicalImage, match_channels, match_spatial_dims, scale_to_unit
+from medmem.engine.case_vote import load_case_vote_file
 from medmem.engine.explain import attention_grid, render_evidence, safe_name, write_index
 from medmem.engine.predict import csv_text, describe_failure
+from medmem.memory.pixel_vote import PixelCaseVote
 
 
 @dataclass
@@ -164,6 +168,21 @@ def _evidence_rows(network: torch.nn.Module, card: dict, top: int) -> tuple[list
     return [float(r) for r in ev["reliance"]], out, [float(f) for f in ev["familiarity"]]
 
 
+def pixel_case_rows(vote: "PixelCaseVote", cases: dict[str, dict], images: torch.Tensor, top: int) -> list[list[dict]]:
+    """Per image (B, C, H, W): its ``top`` nearest training cases in the case vote's pixel space, nearest first."""
+    index, sims = vote.nearest(images)
+    rows = []
+    for positions, cosines in zip(index.tolist(), sims.tolist()):
+        found = []
+        for position, cosine in list(zip(positions, cosines))[:top]:
+            sid = int(vote.sample_ids[position])
+            case = cases.get(str(sid), {})
+            label = int(vote.labels[position])
+            found.append({"sample_id": sid, "case": case.get("case_id", ""), "class": case.get("label", str(label)), "cosine": round(cosine, 4)})
+        rows.append(found)
+    return rows
+
+
 def explain_batch(network, batch, probs, similar, classes, out: Path, loader: "StudyLoader", data_root: str | None) -> None:
     """Evidence PNGs for one predicted batch."""
     layers = network.memory_layers()
@@ -234,6 +253,7 @@ def run_prediction(
     explain: bool = False,
     data_root: str | None = None,
     workers: int = 0,
+    case_vote: str | None = None,
 ) -> dict:
     """Predict every study under ``inputs``; see the module docstring for the outputs. With
     ``explain``, also ``explain/<input>.png`` per input and ``index.html``; recalled training cases are
@@ -246,6 +266,12 @@ def run_prediction(
     rank, world = _distributed()
     network, card = load_deployable(model_path, card_path)
     cfg, classes = card["network"], card["class_names"]
+    vote, vote_cases = load_case_vote_file(case_vote) if case_vote else (None, {})
+    if vote is not None and (vote.in_channels != cfg["in_channels"] or vote.num_classes != len(classes)):
+        raise ValueError(
+            f"{case_vote}: this case vote was fitted for {vote.in_channels}-channel images and {vote.num_classes} classes, "
+            f"the model takes {cfg['in_channels']} channels and {len(classes)} classes"
+        )
     loader = StudyLoader(cfg["img_size"], cfg["in_channels"], cfg["spatial_dims"], slice_policy, window)
     for layer in network.memory_layers():
         layer.record_evidence = True
@@ -272,9 +298,13 @@ def run_prediction(
     def flush() -> None:
         if not batch:
             return
+        images = torch.stack([t for _, t in batch])
         with torch.no_grad():
-            probs = network(torch.stack([t for _, t in batch])).softmax(-1)
+            probs = network(images).softmax(-1)
         reliance, similar, familiarity = _evidence_rows(network, card, top_cases)
+        pixel_cases = pixel_case_rows(vote, vote_cases, images, top_cases) if vote is not None else []
+        if vote is not None:
+            probs = vote(probs, images)
         threshold = card.get("ood_threshold")
         rows = []
         for i, (study, _) in enumerate(batch):
@@ -289,6 +319,7 @@ def run_prediction(
                     "familiarity": round(familiarity[i], 4) if familiarity else None,
                     "out_of_distribution": bool(familiarity[i] < threshold) if familiarity and threshold is not None else None,
                     "similar_cases": similar[i] if similar else [],
+                    "pixel_similar_cases": pixel_cases[i] if pixel_cases else [],
                 }
             )
         _append_jsonl(my_part, rows)
@@ -321,11 +352,11 @@ def merge_outputs(out: Path, classes: list[str], explain: bool) -> dict:
     ordered = [rows[k] for k in sorted(rows)]
     with atomic_path(jsonl) as tmp:
         Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in ordered))
-    header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["memory_reliance", "familiarity", "out_of_distribution", "similar_cases"]
+    header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["memory_reliance", "familiarity", "out_of_distribution", "similar_cases", "pixel_similar_cases"]
     table = []
     for r in ordered:
-        similar = "; ".join(f"{c['sample_id']}:{c['case']}:{c['class']}" for c in r["similar_cases"])
-        table.append([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [r["memory_reliance"], r["familiarity"], r["out_of_distribution"], similar])
+        similar, pixel = ("; ".join(f"{c['sample_id']}:{c['case']}:{c['class']}" for c in r.get(key, [])) for key in ("similar_cases", "pixel_similar_cases"))
+        table.append([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [r["memory_reliance"], r["familiarity"], r["out_of_distribution"], similar, pixel])
     write_text_atomic(csv_text(header, table), out / "predictions.csv")
     write_text_atomic(csv_text(["input", "reason"], sorted(errors.items())), errors_csv)
     for part in pred_parts + error_parts:

@@ -16,6 +16,7 @@ from monai.inferers import Inferer
 
 from medmem.atomic import torch_save_atomic, write_json_atomic
 from medmem.engine.batch import stack_batches
+from medmem.engine.summarize import memory_case_table
 from medmem.memory.pixel_vote import PixelCaseVote
 
 
@@ -36,17 +37,23 @@ def fit_case_vote(
     k: int = 10,
     size: int = 28,
     device: torch.device | str = "cpu",
+    class_names: list[str] | None = None,
+    training_datalist: list[dict] | None = None,
 ) -> dict:
     """Fit the case vote on the training images, weigh it on validation, save it beside the checkpoint.
 
+    With ``training_datalist`` (and ``class_names``) the file also names every stored case (``{sample_id: {case_id,
+    label, source}}``), so that ``medmem predict --case-vote`` can show the training cases behind each vote.
     Returns (and writes to ``report_path``) the chosen weight and the validation ACC / log loss of every candidate."""
     network.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
-    x_train, y_train = stack_batches(train_batches)
+    x_train, y_train, ids_train = stack_batches(train_batches, "label", "sample_id")
     x_val, y_val = stack_batches(val_batches)
     num_classes = int(network_probabilities(network, x_val[:1].to(device)).shape[-1])
-    vote = PixelCaseVote(num_classes, x_train.shape[1], size=size, k=k).fit(x_train, y_train)
+    vote = PixelCaseVote(num_classes, x_train.shape[1], size=size, k=k).fit(x_train, y_train, ids_train)
     weight, scores = vote.calibrate(network_probabilities(network, x_val.to(device)), x_val, y_val)
-    torch_save_atomic({"config": {"num_classes": num_classes, "in_channels": x_train.shape[1], "size": size, "k": k}, "state_dict": vote.state_dict()}, output_path)
+    cases = memory_case_table(ids_train.tolist(), training_datalist, class_names or []) if training_datalist else {}
+    config = {"num_classes": num_classes, "in_channels": x_train.shape[1], "size": size, "k": k}
+    torch_save_atomic({"config": config, "state_dict": vote.state_dict(), "cases": cases}, output_path)
     report = {
         "checkpoint": str(checkpoint), "case_vote": str(output_path), "training_images": len(y_train), "validation_images": len(y_val),
         "k": k, "size": size, "weight": weight, "validation": {str(w): s for w, s in scores.items()},
@@ -55,12 +62,21 @@ def fit_case_vote(
     return report
 
 
+def load_case_vote_file(path: str) -> tuple[PixelCaseVote, dict[str, dict]]:
+    """A fitted ``PixelCaseVote`` from ``fit_case_vote``'s file and its stored cases by sample id (empty for files
+    written without a datalist, or before bundle 0.6.0)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        vote = PixelCaseVote(**saved["config"])
+        vote.load_state_dict(saved["state_dict"])
+    except (OSError, RuntimeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a case vote written by the bundle's case_vote.json ({str(exc).splitlines()[0]})") from exc
+    return vote, saved.get("cases", {})
+
+
 def load_case_vote(path: str) -> PixelCaseVote:
     """A fitted ``PixelCaseVote`` from ``fit_case_vote``'s file."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    vote = PixelCaseVote(**saved["config"])
-    vote.load_state_dict(saved["state_dict"])
-    return vote
+    return load_case_vote_file(path)[0]
 
 
 class CaseVoteInferer(Inferer):

@@ -21,7 +21,7 @@ def fit_pixel_index(network: torch.nn.Module, make_loader: Callable[[], Iterable
     model = unwrap(network)
     if getattr(model, "pixel_index", None) is None:
         return 0
-    images, sample_ids = stack_batches(make_loader(), key="sample_id")
+    images, sample_ids = stack_batches(make_loader(), "sample_id")
     device = next(model.parameters()).device
     model.fit_pixel_index(images.to(device), sample_ids.to(device))
     logger.info("pixel index: %d training images stored as %d-px thumbnails", len(sample_ids), model.pixel_index.size)

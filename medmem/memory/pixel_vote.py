@@ -22,9 +22,10 @@ from medmem.memory.vote import VOTE_WEIGHT_GRID, choose_vote_weight, fused
 
 
 class PixelCaseVote(PixelThumbnails):
-    """k-NN vote of stored training thumbnails (bank (N, C * size * size), labels (N,)) for images (B, C, H, W)."""
+    """k-NN vote of stored training thumbnails (bank (N, C * size * size), labels (N,), sample ids (N,), -1 where not
+    given) for images (B, C, H, W); the sample ids name the cases behind a vote (``nearest``)."""
 
-    resized_buffers = ("bank", "labels")
+    resized_buffers = ("bank", "labels", "sample_ids")
 
     def __init__(self, num_classes: int, in_channels: int, size: int = 28, k: int = 10) -> None:
         if num_classes < 2 or k < 1:
@@ -32,30 +33,46 @@ class PixelCaseVote(PixelThumbnails):
         super().__init__(in_channels, size, spatial_dims=2)
         self.num_classes, self.k = num_classes, k
         self.register_buffer("labels", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("sample_ids", torch.zeros(0, dtype=torch.long))
         self.register_buffer("weight", torch.zeros((), dtype=torch.float64))  # w of the fused output; 0 until calibrated
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        if prefix + "sample_ids" not in state_dict and prefix + "labels" in state_dict:
+            # files from before the sample ids (bundle 0.4.0-0.5.0): the cases stay unnamed
+            state_dict[prefix + "sample_ids"] = torch.full_like(state_dict[prefix + "labels"], -1)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
     @torch.no_grad()
-    def fit(self, images: torch.Tensor, labels: torch.Tensor) -> "PixelCaseVote":
-        """Store the training images (N, C, H, W) with their labels (N,); per-pixel mean and std come from them."""
+    def fit(self, images: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor | None = None) -> "PixelCaseVote":
+        """Store the training images (N, C, H, W) with their labels (N,) and, to name them as evidence, their sample ids
+        (N,); per-pixel mean and std come from the images."""
         labels = torch.as_tensor(labels).reshape(-1).long()
         if len(images) != len(labels) or len(labels) == 0:
             raise ValueError(f"need one label per image and at least one image, got {len(images)} images and {len(labels)} labels")
         if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got {int(labels.min())}..{int(labels.max())}")
+        sample_ids = torch.full_like(labels, -1) if sample_ids is None else torch.as_tensor(sample_ids).reshape(-1).long()
+        if len(sample_ids) != len(labels):
+            raise ValueError(f"need one sample id per image, got {len(sample_ids)} ids for {len(labels)} images")
         self.fit_statistics(images)
-        self.bank, self.labels = self.descriptors(images), labels.clone()
+        self.bank, self.labels, self.sample_ids = self.descriptors(images), labels.clone(), sample_ids.clone()
         return self
+
+    @torch.no_grad()
+    def nearest(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions in the bank (B, k) of each image's ``k`` nearest stored cases and their cosines (B, k), nearest first."""
+        if len(self.labels) == 0:
+            raise RuntimeError("PixelCaseVote is empty: fit it on the training images first")
+        cos = self.descriptors(images) @ self.bank.T  # (B, N)
+        sim, index = cos.topk(min(self.k, len(self.labels)), dim=-1)
+        return index, sim
 
     @torch.no_grad()
     def vote(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Class distribution (B, num_classes) of each image's ``k`` nearest stored cases."""
-        if len(self.labels) == 0:
-            raise RuntimeError("PixelCaseVote is empty: fit it on the training images first")
-        k = min(self.k, len(self.labels))
         votes = []
         for i in range(0, len(images), batch_size):
-            cos = self.descriptors(images[i : i + batch_size]) @ self.bank.T  # (b, N)
-            sim, index = cos.topk(k, dim=-1)
+            index, sim = self.nearest(images[i : i + batch_size])
             distance = (1.0 - sim).clamp(min=0.0)
             # scikit-learn's "distance" weights: 1 / d, and an exact match (d = 0) takes the whole vote
             exact = distance <= EPS
