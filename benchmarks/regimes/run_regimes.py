@@ -195,7 +195,9 @@ def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Pat
 
 
 # the NETWORKS overrides that are MemoryViT arguments (the rest are bundle settings)
-NET_KEYS = ("memory_vote", "memory_mode", "memory_match", "memory_retrieval", "memory_labels", "memory_k", "atma_momentum", "combiner", "memory_blocks", "memory_queries", "memory_vote_training", "stem", "readout", "readout_k", "readout_labels")
+# bundle settings that are MemoryViT arguments of the same name (the training config's network_def), so that a network
+# rebuilt here for post-hoc cells is the one the bundle trained (a hand list missed pixel_bias when it came)
+NET_KEYS = tuple(k for k, v in json.loads((BUNDLE / "configs" / "train.json").read_text())["network_def"].items() if v == f"@{k}")
 
 
 def build(dataset: str, network: str, num_classes: int):
