@@ -194,7 +194,6 @@ def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Pat
     return {"train_images": n, "epochs": epochs, "acc": report["acc"], "auc": report["auc"], "f1": report["f1"], "wall_s": round(wall, 1)}
 
 
-# the NETWORKS overrides that are MemoryViT arguments (the rest are bundle settings)
 # bundle settings that are MemoryViT arguments of the same name (the training config's network_def), so that a network
 # rebuilt here for post-hoc cells is the one the bundle trained (a hand list missed pixel_bias when it came)
 NET_KEYS = tuple(k for k, v in json.loads((BUNDLE / "configs" / "train.json").read_text())["network_def"].items() if v == f"@{k}")
