@@ -64,6 +64,16 @@ def server(tmp_path_factory, data_root):
     models.mkdir()
     torch.save(net.state_dict(), models / "model_full.pt")
     write_model_card(net, str(models / "model.json"), CLASSES, {}, None)
+    # a case vote over the same images (as the bundle's case_vote.json writes it), fused at half weight
+    from medmem.engine.case_vote import save_case_vote
+    from medmem.engine.summarize import memory_case_table
+    from medmem.memory.pixel_vote import PixelCaseVote
+
+    ids = list(range(len(memory_images)))
+    vote = PixelCaseVote(len(CLASSES), 1, size=8, k=3).fit(x, torch.tensor([c for c, _ in memory_images]), torch.tensor(ids))
+    vote.weight.fill_(0.5)
+    items = [{"sample_id": i, "label": c, "case_id": f"Training/{CLASSES[c]}/{p.name}"} for i, (c, p) in enumerate(memory_images)]
+    save_case_vote(vote, memory_case_table(ids, items, CLASSES), models / "case_vote.pt")
     studies = tmp / "studies"
     studies.mkdir()
     for i, c in enumerate(CLASSES):  # unlabelled images the annotators will see
@@ -104,6 +114,7 @@ def test_annotation_loop(server):
     assert first["memory_samples"] == 8 and len(first["prediction"]) == 4
     assert abs(sum(p["score"] for p in first["prediction"]) - 1.0) < 1e-4
     assert all(not c["case_id"].startswith("monailabel:") for c in first["similar_cases"])
+    assert len(first["pixel_similar_cases"]) == 3 and all(c["case_id"].startswith("Training/") for c in first["pixel_similar_cases"])
 
     proposal = call(base, "POST", "/activelearning/least_familiar")
     assert proposal["id"] in {"case0", "case1", "case2", "case3"}
@@ -115,6 +126,8 @@ def test_annotation_loop(server):
     recalled = {c["case_id"]: c["class"] for c in after["similar_cases"]}
     assert recalled.get("monailabel:case0") == "glioma_tumor"  # the next inference reads the new case
     assert after["familiarity"] > first["familiarity"]
+    # the case vote took the label too: the image's nearest case in pixels is now itself, with its class
+    assert after["pixel_similar_cases"][0] == {"case_id": "monailabel:case0", "class": "glioma_tumor", "cosine": pytest.approx(1.0, abs=1e-4)}
 
     proposal = call(base, "POST", "/activelearning/most_uncertain")
     assert proposal["id"] in {"case1", "case2", "case3"}  # labelled images are not proposed again
@@ -126,6 +139,8 @@ def test_annotation_loop(server):
     assert relabel["memory"] == "relabel" and relabel["memory_samples"] == 9
     audit = [json.loads(line) for line in (models / "memory_audit.jsonl").read_text().splitlines()]
     assert [e["action"] for e in audit] == ["add", "relabel"] and audit[0]["user"] == "monailabel"
+    relabelled = call(base, "POST", "/infer/medmem?image=case0&output=json")
+    assert relabelled["pixel_similar_cases"][0]["class"] == "no_tumor"
 
     call(base, "PUT", "/datastore/label?image=case2&tag=final", files={"label": ("label.json", json.dumps({"class": "no_tumor"}).encode())})
     before = (models / "model_full.pt").stat().st_mtime_ns

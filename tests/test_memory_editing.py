@@ -227,3 +227,35 @@ def test_fine_tuning_transforms_follow_the_card_and_survive_a_save(tmp_path):
     xray.add(new_items(2), source="site")
     xray.save()  # rewrites the card: the recipe must still be there
     assert json.loads((tmp_path / "xray" / "model.json").read_text())["augmentation"] == {"rotate90": False, "intensity": True}
+
+
+def test_the_case_vote_follows_every_edit_and_an_unnamed_one_refuses_them(tmp_path):
+    from medmem.engine.case_vote import load_case_vote_file, save_case_vote
+    from medmem.memory.pixel_vote import PixelCaseVote
+
+    md = make_model_dir(tmp_path)
+    torch.manual_seed(5)
+    vote = PixelCaseVote(3, 1, size=8, k=3).fit(torch.randn(12, 1, 16, 16), torch.arange(12) % 3, torch.arange(12))
+    save_case_vote(vote, {str(i): md.cases[str(i)] for i in range(12)}, tmp_path / "case_vote.pt")
+    md = ModelDirectory(tmp_path, user="tester")
+    items = new_items(3, label=2)
+    md.add(items, source="site")
+    md.relabel(["site/case0.png"], "a")
+    md.forget(["site/case1.png", "sample-3"])
+    md.save()
+    saved, cases = load_case_vote_file(str(tmp_path / "case_vote.pt"))
+    held = dict(zip(saved.sample_ids.tolist(), saved.labels.tolist()))
+    new = md._ids_of(["site/case0.png", "site/case2.png"])
+    assert set(held) == set(range(12)) - {3} | set(new.values())  # site/case1.png and sample-3 are gone
+    assert held[new["site/case0.png"]] == 0 and held[new["site/case2.png"]] == 2  # relabelled, and added with its class
+    assert cases[str(new["site/case2.png"])]["case_id"] == "site/case2.png" and set(cases) == {str(s) for s in held}
+    index, _ = saved.nearest(items[2]["image"][None])
+    assert int(saved.sample_ids[index[0, 0]]) == new["site/case2.png"]  # an added case is found by its own image
+
+    # a case vote whose cases carry no sample ids (fitted before bundle 0.6.0) cannot follow: edits are refused
+    torch.save({"config": vote.config, "state_dict": {k: v for k, v in vote.state_dict().items() if k != "sample_ids"}}, tmp_path / "case_vote.pt")
+    unnamed = ModelDirectory(tmp_path, user="tester")
+    for edit in (lambda: unnamed.forget(["sample-0"]), lambda: unnamed.add(new_items(1, prefix="other/"), source="s"), lambda: unnamed.relabel(["sample-0"], "b")):
+        with pytest.raises(MemoryEditError, match="carry no sample ids"):
+            edit()
+    assert 0 in unnamed.memory.row_ids.tolist()

@@ -9,6 +9,7 @@ does not help, its weight is 0 and evaluation gives the network's own output.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable
 
 import torch
@@ -51,15 +52,18 @@ def fit_case_vote(
     num_classes = int(network_probabilities(network, x_val[:1].to(device)).shape[-1])
     vote = PixelCaseVote(num_classes, x_train.shape[1], size=size, k=k).fit(x_train, y_train, ids_train)
     weight, scores = vote.calibrate(network_probabilities(network, x_val.to(device)), x_val, y_val)
-    cases = memory_case_table(ids_train.tolist(), training_datalist, class_names or []) if training_datalist else {}
-    config = {"num_classes": num_classes, "in_channels": x_train.shape[1], "size": size, "k": k}
-    torch_save_atomic({"config": config, "state_dict": vote.state_dict(), "cases": cases}, output_path)
+    save_case_vote(vote, memory_case_table(ids_train.tolist(), training_datalist, class_names or []) if training_datalist else {}, output_path)
     report = {
         "checkpoint": str(checkpoint), "case_vote": str(output_path), "training_images": len(y_train), "validation_images": len(y_val),
         "k": k, "size": size, "weight": weight, "validation": {str(w): s for w, s in scores.items()},
     }  # fmt: skip
     write_json_atomic(report, report_path)
     return report
+
+
+def save_case_vote(vote: PixelCaseVote, cases: dict[str, dict], path: str | os.PathLike) -> None:
+    """Write a case vote and its named cases (``{sample_id: {case_id, label, source}}``) atomically."""
+    torch_save_atomic({"config": vote.config, "state_dict": vote.state_dict(), "cases": cases}, path)
 
 
 def load_case_vote_file(path: str) -> tuple[PixelCaseVote, dict[str, dict]]:

@@ -5,7 +5,9 @@ A *model directory* (the bundle's ``models/``) holds:
 - ``model_full.pt``: the network with its full memory (the source of truth for edits);
 - ``model.pt`` + ``model.json``: the deployable prototype checkpoint and its model card;
 - ``memory_cases.json``: which case each memory row holds (``sample_id -> case id, class, source``);
-- ``memory_audit.jsonl``: append-only log of every edit (who, when, what; case ids only as hashes).
+- ``memory_audit.jsonl``: append-only log of every edit (who, when, what; case ids only as hashes);
+- optionally ``case_vote.pt``: the pixel-space case vote (bundle ``case_vote.json``), edited with the memory, so a
+  forgotten case is gone from it too and an added one votes.
 
 No gradient step is taken: ``add`` runs the images through the network and writes their keys/values
 (ATMA rule) with their labels; ``relabel`` changes the stored label; ``forget`` removes the rows. After
@@ -67,6 +69,20 @@ class ModelDirectory:
         for sid, label in zip(self.memory.row_ids[: self.memory.num_written].tolist(), self.memory.row_labels[: self.memory.num_written].tolist()):
             self.cases.setdefault(str(sid), {"case_id": f"sample-{sid}", "label": self._name(label), "source": "training"})
         self.user = user or os.environ.get("MEDMEM_USER") or getpass.getuser()
+        self.case_vote_path = self.path / "case_vote.pt"
+        self.case_vote, self.case_vote_cases = None, {}
+        if self.case_vote_path.exists():
+            from medmem.engine.case_vote import load_case_vote_file
+
+            self.case_vote, self.case_vote_cases = load_case_vote_file(str(self.case_vote_path))
+
+    def _case_vote_follows(self) -> None:
+        """Refuse an edit the case vote could not follow (its cases unnamed): a forgotten case would stay in it."""
+        if self.case_vote is not None and bool((self.case_vote.sample_ids < 0).any()):
+            raise MemoryEditError(
+                f"{self.case_vote_path}: its cases carry no sample ids (fitted before bundle 0.6.0), so an edit could not reach "
+                "them; refit it with the bundle's case_vote.json, or move it out of the model directory, before editing"
+            )
 
     # ----------------------------------------------------------------------------------------- views
     @property
@@ -134,6 +150,7 @@ class ModelDirectory:
         "case_id": str}``) into the memory with no gradient step. Cases already held (same case id)
         are skipped. Returns ``{"added", "skipped", "seconds"}``."""
         start = time.perf_counter()
+        self._case_vote_follows()
         held = {info["case_id"] for info in self.cases.values()}
         todo = [it for it in items if it["case_id"] not in held]
         for it in todo:
@@ -145,7 +162,10 @@ class ModelDirectory:
             chunk = todo[i : i + batch_size]
             ids = torch.arange(next_id + i, next_id + i + len(chunk))
             x = torch.stack([torch.as_tensor(it["image"]).float() for it in chunk])
-            self.network.write_memory(x, ids, torch.tensor([int(it["label"]) for it in chunk]))
+            labels = torch.tensor([int(it["label"]) for it in chunk])
+            self.network.write_memory(x, ids, labels)
+            if self.case_vote is not None:
+                self.case_vote.add(x, labels, ids)
             for sid, it in zip(ids.tolist(), chunk):
                 self.cases[str(sid)] = {"case_id": it["case_id"], "label": self._name(int(it["label"])), "source": source}
         self._audit("add", [it["case_id"] for it in todo], before, extra={"source": source, "skipped_already_held": len(items) - len(todo)})
@@ -157,10 +177,13 @@ class ModelDirectory:
         if not 0 <= label < len(self.class_names):
             raise MemoryEditError(f"unknown class {new_class!r}; this model's classes: {', '.join(self.class_names)}")
         ids = self._ids_of(case_ids)
+        self._case_vote_follows()
         before = self.checksum()
         for layer in self.network.memory_layers():
             for sid in ids.values():
                 layer.memory.row_labels[layer.memory.id_to_row[sid]] = label
+        if self.case_vote is not None:
+            self.case_vote.relabel(list(ids.values()), label)
         for sid in ids.values():
             self.cases[str(sid)]["label"] = self._name(label)
         self._audit("relabel", list(ids), before, extra={"new_class": self._name(label)})
@@ -169,9 +192,12 @@ class ModelDirectory:
     def forget(self, case_ids: list[str]) -> int:
         """Remove these cases from every memorising layer and from the case table. Returns cases removed."""
         ids = self._ids_of(case_ids)
+        self._case_vote_follows()
         before = self.checksum()
         for layer in self.network.memory_layers():
             layer.memory.remove(list(ids.values()))
+        if self.case_vote is not None:
+            self.case_vote.remove(list(ids.values()))
         for sid in ids.values():
             self.cases.pop(str(sid), None)
         self._audit("forget", list(ids), before)
@@ -214,7 +240,7 @@ class ModelDirectory:
 
     def save(self, refresh: str = "kmeans") -> None:
         """Write the full checkpoint, the deployable checkpoint (refreshed prototypes, no full memory),
-        the case table and the model card, each atomically."""
+        the case table, the case vote (if any) and the model card, each atomically."""
         from medmem.engine.summarize import write_model_card
 
         self.refresh_prototypes(refresh)
@@ -225,6 +251,12 @@ class ModelDirectory:
         deployable.set_memory_mode("prototypes")
         torch_save_atomic(deployable.state_dict(), self.deploy_path)
         write_json_atomic({"cases": self.cases}, self.cases_path)
+        if self.case_vote is not None:
+            from medmem.engine.case_vote import save_case_vote
+
+            named = {**self.case_vote_cases, **self.cases}
+            self.case_vote_cases = {str(s): named[str(s)] for s in self.case_vote.sample_ids.tolist() if str(s) in named}
+            save_case_vote(self.case_vote, self.case_vote_cases, self.case_vote_path)
         members = {int(i) for layer in self.network.memory_layers() for i in layer.proto_members.flatten().tolist() if i >= 0}
         training_cases = {str(s): [self.cases[str(s)]["case_id"], self.cases[str(s)]["label"]] for s in sorted(members) if str(s) in self.cases}
         write_model_card(deployable, str(self.card_path), self.class_names, training_cases, self.card.get("ood_threshold"), self.card.get("augmentation"))

@@ -58,6 +58,35 @@ class PixelCaseVote(PixelThumbnails):
         self.bank, self.labels, self.sample_ids = self.descriptors(images), labels.clone(), sample_ids.clone()
         return self
 
+    @property
+    def config(self) -> dict:
+        """The constructor arguments (saved beside the state dict)."""
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "size": self.size, "k": self.k}
+
+    @torch.no_grad()
+    def add(self, images: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor) -> None:
+        """Store more cases (B, C, H, W) with labels (B,) and new sample ids (B,), standardised as the fitted ones (the
+        standardisation is not refitted: the stored cases and the validated weight stay as they were)."""
+        labels, sample_ids = torch.as_tensor(labels).reshape(-1).long(), torch.as_tensor(sample_ids).reshape(-1).long()
+        if len(self.labels) == 0:
+            raise RuntimeError("PixelCaseVote is empty: fit it on the training images first")
+        if not len(images) == len(labels) == len(sample_ids) or bool(torch.isin(sample_ids, self.sample_ids[self.sample_ids >= 0]).any()):
+            raise ValueError("add needs one label and one new sample id per image")
+        self.bank = torch.cat([self.bank, self.descriptors(images).to(self.bank.dtype)])
+        self.labels, self.sample_ids = torch.cat([self.labels, labels]), torch.cat([self.sample_ids, sample_ids])
+
+    @torch.no_grad()
+    def relabel(self, sample_ids: list[int], label: int) -> None:
+        """Give the stored cases ``sample_ids`` the class ``label``."""
+        self.labels[torch.isin(self.sample_ids, torch.as_tensor(sample_ids, dtype=torch.long))] = label
+
+    @torch.no_grad()
+    def remove(self, sample_ids: list[int]) -> int:
+        """Drop the stored cases ``sample_ids`` (thumbnail, label and id); returns how many were held."""
+        gone = torch.isin(self.sample_ids, torch.as_tensor(sample_ids, dtype=torch.long))
+        self.bank, self.labels, self.sample_ids = self.bank[~gone], self.labels[~gone], self.sample_ids[~gone]
+        return int(gone.sum())
+
     @torch.no_grad()
     def nearest(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions in the bank (B, k) of each image's ``k`` nearest stored cases and their cosines (B, k), nearest first."""

@@ -14,6 +14,7 @@ import threading
 
 import torch
 
+from medmem.engine.batch_predict import pixel_case_rows
 from medmem.memory.editing import ModelDirectory
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,9 @@ class MemoryModel:
 
     @torch.no_grad()
     def predict(self, image_path: str, top_cases: int = 5) -> dict:
-        """Probabilities, evidence (similar memory cases with classes, familiarity, reliance) for one image."""
+        """Probabilities, evidence (similar memory cases with classes, familiarity, reliance) for one image. With a case
+        vote in the model directory (``case_vote.pt``) the probabilities are fused with it at its validated weight and
+        ``pixel_similar_cases`` lists the cases nearest in pixels that voted (labels saved here included)."""
         with self.lock:
             md = self.current()
             x = md.transforms({"image": image_path})["image"].float()[None]
@@ -63,6 +66,10 @@ class MemoryModel:
                 ev = layer.evidence
             finally:
                 layer.record_evidence = False
+            pixel_cases: list[dict] = []
+            if md.case_vote is not None:
+                probs = md.case_vote(probs[None], x)[0]
+                pixel_cases = pixel_case_rows(md.case_vote, md.case_vote_cases, x, top_cases)[0]
             weights = ev["weights"][0].mean(0)  # (k,) averaged over heads
             owners = ev["sample_ids"][0, 0, :, 0]  # (k,) first head's neighbours
             similar = []
@@ -75,6 +82,7 @@ class MemoryModel:
                 "familiarity": float(ev["familiarity"][0]),
                 "memory_reliance": float(ev["reliance"][0]),
                 "similar_cases": similar,
+                "pixel_similar_cases": [{"case_id": c["case"], "class": c["class"], "cosine": c["cosine"]} for c in pixel_cases],
                 "memory_samples": md.memory.num_written,
             }
 
