@@ -168,7 +168,7 @@ def test_case_vote_is_weighed_on_validation_and_fused_into_evaluation(trained):
     fused = json.loads((out / "eval_test_full_case_vote" / "test_metrics.json").read_text())
     # the same numbers by hand: the trained network's softmax fused with the saved vote on the test images
     import medmem
-    from medmem.engine.case_vote import load_case_vote_file, network_probabilities
+    from medmem.engine.case_vote import load_case_vote_file, network_probabilities, save_case_vote
 
     net = medmem.networks.MemoryViT(3, 32, 8, 8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=8, num_prototypes=16, memory_mode="full",
                                     memory_match="same_token", memory_retrieval="key", memory_vote=0.5, stem="conv")  # the bundle defaults
@@ -188,6 +188,16 @@ def test_case_vote_is_weighed_on_validation_and_fused_into_evaluation(trained):
     if report["weight"] > 0:  # the inferer was used: the plain network alone scores otherwise
         alone = medmem.engine.classification_metrics(network_probabilities(net, x).numpy(), [d["label"] for d in items], 8)
         assert (alone["acc"], alone["auc"]) != (fused["acc"], fused["auc"])
+    # folder inference with the vote (from the full checkpoint, which the weight was chosen against), at a weight set here
+    vote.weight.fill_(0.5)
+    save_case_vote(vote, cases, out / "models" / "case_vote.pt")
+    folder = out / "vote_inputs"
+    folder.mkdir()
+    (folder / "a.jpg").symlink_to(Path(items[0]["image"]))
+    bundle("run", ["train.json", "inference.json"], {**overrides, "inference_memory_mode": "full", "inference_case_vote": "true", "input_paths": [str(folder)]})
+    row = (out / "inference" / "predictions.csv").read_text().splitlines()[1].split(",")
+    one = x[:1]
+    torch.testing.assert_close(torch.tensor([float(v) for v in row[2:]]), vote(network_probabilities(net, one), one)[0], atol=1e-4, rtol=0)
 
 
 def test_pixel_retrieval_trains_with_the_regime_in_its_index_and_evaluates_from_the_checkpoint(tmp_path, data_root):

@@ -61,9 +61,11 @@ def predict_files(
     class_names: Sequence[str],
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    inferer: Callable[[torch.Tensor, torch.nn.Module], torch.Tensor] | None = None,
 ) -> dict:
     """Write ``predictions.csv`` (file, predicted class, one probability column per class) and
-    ``errors.csv`` (file, reason). Returns counts."""
+    ``errors.csv`` (file, reason). Returns counts. ``inferer`` (a MONAI inferer, e.g. the case vote's
+    :class:`~medmem.engine.case_vote.CaseVoteInferer`) makes the logits from a batch (B, C, *spatial) and the network."""
     network.eval().to(device)
     rows: list[list] = []
     errors: list[list] = []
@@ -73,7 +75,7 @@ def predict_files(
         if not pending:
             return
         x = torch.stack([t for _, t in pending]).to(device)
-        probs = network(x).softmax(-1).cpu()
+        probs = (network(x) if inferer is None else inferer(x, network)).softmax(-1).cpu()
         for (path, _), p in zip(pending, probs):
             rows.append([path, class_names[int(p.argmax())]] + [f"{v:.6f}" for v in p.tolist()])
         pending.clear()
