@@ -168,7 +168,7 @@ def _evidence_rows(network: torch.nn.Module, card: dict, top: int) -> tuple[list
     return [float(r) for r in ev["reliance"]], out, [float(f) for f in ev["familiarity"]]
 
 
-def pixel_case_rows(vote: "PixelCaseVote", cases: dict[str, dict], images: torch.Tensor, top: int) -> list[list[dict]]:
+def pixel_case_rows(vote: PixelCaseVote, cases: dict[str, dict], images: torch.Tensor, top: int) -> list[list[dict]]:
     """Per image (B, C, H, W): its ``top`` nearest training cases in the case vote's pixel space, nearest first."""
     index, sims = vote.nearest(images)
     rows = []
