@@ -355,6 +355,57 @@ def run_tuned_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manife
     return post_hoc_row(fused(*head_and_vote(net, xte), weight).numpy(), yte, manifest, train_images(manifest, regime), start)
 
 
+def calibrated_read_network(model: str) -> str | None:
+    """``movit_cs_px_vs_cr`` -> the trained pixel-read network whose read is re-weighed on validation (``movit_cs_px_vs``)."""
+    base = model.removesuffix("_cr")
+    return base if model.endswith("_cr") and NETWORKS.get(base, {}).get("memory_retrieval") == "pixels" else None
+
+
+# the read's query-key temperature scaled by TAU_SCALES (0: the pixel bias alone, i.e. the distance-weighted pixel k-NN
+# when beta = 1) and the pixel bias's beta set to PIXEL_BETAS, every head alike
+TAU_SCALES, PIXEL_BETAS = (0.0, 0.25, 0.5, 1.0, 2.0), (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+def run_calibrated_read_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, network: str) -> dict:
+    """A trained pixel-read memory ``network`` (session 16) whose read is re-weighed on the validation split: the
+    temperature of its query-key scores scaled (``TAU_SCALES``), the pixel-similarity bias set (``PIXEL_BETAS``; added
+    where the network was trained without it) and the vote weight re-chosen, together, by validation accuracy (ties: log
+    loss); the test split is scored once. Why: the read was trained on training images, whose features the network has
+    fitted, so it may trust feature similarity more than held-out images warrant. No training."""
+    import torch
+
+    from medmem.memory.vote import VOTE_WEIGHT_GRID, choose_vote_weight, fused, head_and_vote
+
+    start = time.time()
+    cfg = DATASETS[dataset]
+    net = load_trained(dataset, network, regime, seed, runs, manifest)
+    (xva, yva), (xte, yte) = (load_arrays(dataset, split, None, cfg["image_size"], cfg["in_channels"]) for split in ("validation", "test"))
+    layer = net.memory_layers()[-1]
+    trained_log_tau = layer.log_tau.detach().clone()
+    if not layer.pixel_bias:
+        layer.pixel_bias, layer.pixel_beta = True, torch.nn.Parameter(torch.zeros_like(trained_log_tau))
+
+    def read_with(scale: float, beta: float) -> None:
+        with torch.no_grad():
+            layer.log_tau.copy_(trained_log_tau + math.log(scale) if scale > 0 else torch.full_like(trained_log_tau, -30.0))
+            layer.pixel_beta.fill_(beta)
+
+    grid = tuple(w for w in VOTE_WEIGHT_GRID if w > 0) if net.config["combiner"] == "vote" else VOTE_WEIGHT_GRID
+    best, best_score = None, None
+    labels = torch.as_tensor(yva)
+    for scale in TAU_SCALES:
+        for beta in PIXEL_BETAS:
+            read_with(scale, beta)
+            weight, scores = choose_vote_weight(*head_and_vote(net, xva), labels, grid)
+            score = (scores[weight]["acc"], -scores[weight]["nll"])
+            if best_score is None or score > best_score:
+                best, best_score = (scale, beta, weight), score
+    scale, beta, weight = best
+    print(f"    chosen on validation: query-key temperature x{scale}, pixel beta {beta}, vote weight {weight} (acc {best_score[0]:.4f})", flush=True)
+    read_with(scale, beta)
+    return post_hoc_row(fused(*head_and_vote(net, xte), weight).numpy(), yte, manifest, train_images(manifest, regime), start)
+
+
 def read_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(open(path))) if path.exists() else []
 
@@ -404,6 +455,8 @@ def main() -> None:
                 elif knn_plain_network(model):
                     fuse = 0.5 if model.endswith("_vote") else 0.0
                     result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest, fuse=fuse, plain=knn_plain_network(model))
+                elif calibrated_read_network(model):
+                    result = run_calibrated_read_cell(args.dataset, regime, seed, runs, manifest, calibrated_read_network(model))
                 elif tuned_vote_network(model):
                     result = run_tuned_vote_cell(args.dataset, regime, seed, runs, manifest, tuned_vote_network(model))
                 elif pixel_vote_network(model):
