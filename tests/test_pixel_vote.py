@@ -98,3 +98,17 @@ def test_nearest_names_the_voting_cases_and_older_files_without_ids_still_load()
     torch.testing.assert_close(loaded.vote(images[:5]), memory.vote(images[:5]))
     with pytest.raises(ValueError, match="one sample id per image"):
         PixelCaseVote(num_classes=2, in_channels=1).fit(images, labels, torch.arange(3))
+
+
+def test_distance_power_sharpens_the_vote_towards_the_nearest_case():
+    images, labels = two_class_images(30)
+    queries, _ = two_class_images(6, seed=4)
+    labels[::5] = 1 - labels[::5]
+    memory = PixelCaseVote(num_classes=2, in_channels=1, size=8, k=5).fit(images, labels)
+    torch.testing.assert_close(memory.vote(queries, power=1.0), memory.vote(queries))
+    index, cos = memory.nearest(queries)
+    # by hand: weights (1 - cos) ** -p over the 5 nearest
+    for p in (0.0, 2.0, 4.0):
+        w = (1.0 - cos).clamp(min=1e-6) ** -p
+        by_hand = torch.zeros(6, 2).scatter_add_(1, labels[index], w)
+        torch.testing.assert_close(memory.vote(queries, power=p), by_hand / by_hand.sum(-1, keepdim=True))

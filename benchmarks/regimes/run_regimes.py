@@ -253,6 +253,30 @@ def run_logreg_cell(dataset: str, regime: int, seed: int, manifest: dict) -> dic
     return post_hoc_row(probs, yte, manifest, len(ytr), start)
 
 
+def run_pixel_knn_cell(dataset: str, regime: int, manifest: dict) -> dict:
+    """No network: the regime's training images as standardised 28-px thumbnails (``PixelCaseVote``, k = 10), each test
+    image classified by its nearest ones' labels weighted ``1 / distance ** p``, p chosen on validation from
+    ``PIXEL_BETAS`` (the reference for the calibrated pixel read, ``<network>_cr``, whose bias is that weighting)."""
+    import torch
+
+    from medmem.memory.pixel_vote import PixelCaseVote
+
+    start = time.time()
+    cfg = DATASETS[dataset]
+    xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
+    (xva, yva), (xte, yte) = (load_arrays(dataset, split, None, cfg["image_size"], cfg["in_channels"]) for split in ("validation", "test"))
+    memory = PixelCaseVote(len(manifest["classes"]), cfg["in_channels"]).fit(xtr, torch.as_tensor(ytr))
+    yva = torch.as_tensor(yva)
+
+    def score(power: float) -> tuple[float, float]:
+        v = memory.vote(xva, power=power)
+        return float((v.argmax(-1) == yva).float().mean()), -float(-torch.log(v.gather(1, yva[:, None]).clamp(min=1e-8)).mean())
+
+    power = max(PIXEL_BETAS, key=score)
+    print(f"    distance power chosen on validation: {power}", flush=True)
+    return post_hoc_row(memory.vote(xte, power=power).numpy(), yte, manifest, len(ytr), start)
+
+
 def post_hoc_row(probs, labels, manifest: dict, train_count: int, start: float) -> dict:
     """The results row of a cell scored on the test split without training: probabilities (N, C), labels (N,)."""
     from medmem.engine.metrics import classification_metrics
@@ -452,6 +476,8 @@ def main() -> None:
                 print(f"[{time.strftime('%H:%M:%S')}] {args.dataset} {model} regime {regime}% seed {seed}", flush=True)
                 if model == "logreg":
                     result = run_logreg_cell(args.dataset, regime, seed, manifest)
+                elif model == "pixel_knn":
+                    result = run_pixel_knn_cell(args.dataset, regime, manifest)
                 elif knn_plain_network(model):
                     fuse = 0.5 if model.endswith("_vote") else 0.0
                     result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest, fuse=fuse, plain=knn_plain_network(model))

@@ -97,15 +97,16 @@ class PixelCaseVote(PixelThumbnails):
         return index, sim
 
     @torch.no_grad()
-    def vote(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Class distribution (B, num_classes) of each image's ``k`` nearest stored cases."""
+    def vote(self, images: torch.Tensor, batch_size: int = 256, power: float = 1.0) -> torch.Tensor:
+        """Class distribution (B, num_classes) of each image's ``k`` nearest stored cases, weighted ``1 / distance ** power``
+        (1: scikit-learn's distance weights; larger: nearer cases count more, 0: every neighbour alike)."""
         votes = []
         for i in range(0, len(images), batch_size):
             index, sim = self.nearest(images[i : i + batch_size])
             distance = (1.0 - sim).clamp(min=0.0)
             # scikit-learn's "distance" weights: 1 / d, and an exact match (d = 0) takes the whole vote
             exact = distance <= EPS
-            weights = torch.where(exact.any(-1, keepdim=True), exact.float(), 1.0 / distance.clamp(min=EPS))
+            weights = torch.where(exact.any(-1, keepdim=True), exact.float(), distance.clamp(min=EPS) ** -power)
             v = torch.zeros(len(index), self.num_classes).scatter_add_(1, self.labels[index], weights)
             votes.append(v / v.sum(-1, keepdim=True))
         return torch.cat(votes)
