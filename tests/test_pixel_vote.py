@@ -91,10 +91,12 @@ def test_nearest_names_the_voting_cases_and_older_files_without_ids_still_load()
     index, cos = memory.nearest(images[:2])
     assert index[:, 0].tolist() == [0, 1] and memory.sample_ids[index[:, 0]].tolist() == [500, 501]  # itself first
     assert bool((cos[:, :-1] >= cos[:, 1:]).all())
-    old = {k: v for k, v in memory.state_dict().items() if k != "sample_ids"}  # a bundle 0.4.0-0.5.0 file
+    memory.power.fill_(2.0)
+    old = {k: v for k, v in memory.state_dict().items() if k not in ("sample_ids", "power")}  # a bundle 0.4.0-0.5.0 file
     loaded = PixelCaseVote(num_classes=2, in_channels=1, size=8, k=3)
     loaded.load_state_dict(old)
-    assert loaded.sample_ids.tolist() == [-1] * 20
+    assert loaded.sample_ids.tolist() == [-1] * 20 and float(loaded.power) == 1.0  # they weighed by 1 / d
+    memory.power.fill_(1.0)
     torch.testing.assert_close(loaded.vote(images[:5]), memory.vote(images[:5]))
     with pytest.raises(ValueError, match="one sample id per image"):
         PixelCaseVote(num_classes=2, in_channels=1).fit(images, labels, torch.arange(3))
@@ -112,3 +114,23 @@ def test_distance_power_sharpens_the_vote_towards_the_nearest_case():
         w = (1.0 - cos).clamp(min=1e-6) ** -p
         by_hand = torch.zeros(6, 2).scatter_add_(1, labels[index], w)
         torch.testing.assert_close(memory.vote(queries, power=p), by_hand / by_hand.sum(-1, keepdim=True))
+
+
+
+def test_calibration_chooses_the_distance_power_with_the_weight_and_never_does_worse_than_one_over_d():
+    from medmem.memory.vote import choose_vote_weight
+
+    images, labels = two_class_images(40)
+    labels[::3] = 1 - labels[::3]  # noisy neighbourhoods: how sharply the nearest count matters
+    held_out, held_labels = two_class_images(30, seed=5)
+    undecided = torch.tensor([[0.52, 0.48]]).repeat(30, 1)
+    memory = PixelCaseVote(num_classes=2, in_channels=1, size=8, k=10).fit(images, labels)
+    weight, scores = memory.calibrate(undecided, held_out, held_labels)
+    w1, scores1 = choose_vote_weight(undecided, memory.vote(held_out, power=1.0), held_labels)
+    assert (scores[weight]["acc"], -scores[weight]["nll"]) >= (scores1[w1]["acc"], -scores1[w1]["nll"])
+    assert float(memory.power) in (0.0, 0.5, 1.0, 2.0, 4.0) and float(memory.weight) == weight
+    # the fused output uses the chosen power, and it travels in the state dict
+    torch.testing.assert_close(memory(undecided, held_out), (1 - weight) * undecided + weight * memory.vote(held_out, power=float(memory.power)))
+    copy = PixelCaseVote(num_classes=2, in_channels=1, size=8, k=10)
+    copy.load_state_dict(memory.state_dict())
+    assert float(copy.power) == float(memory.power)

@@ -256,10 +256,10 @@ def run_logreg_cell(dataset: str, regime: int, seed: int, manifest: dict) -> dic
 def run_pixel_knn_cell(dataset: str, regime: int, manifest: dict) -> dict:
     """No network: the regime's training images as standardised 28-px thumbnails (``PixelCaseVote``, k = 10), each test
     image classified by its nearest ones' labels weighted ``1 / distance ** p``, p chosen on validation from
-    ``PIXEL_BETAS`` (the reference for the calibrated pixel read, ``<network>_cr``, whose bias is that weighting)."""
+    ``DISTANCE_POWER_GRID`` (the bundle case vote's grid; the reference for the case vote and the calibrated pixel read)."""
     import torch
 
-    from medmem.memory.pixel_vote import PixelCaseVote
+    from medmem.memory.pixel_vote import DISTANCE_POWER_GRID, PixelCaseVote
 
     start = time.time()
     cfg = DATASETS[dataset]
@@ -272,7 +272,7 @@ def run_pixel_knn_cell(dataset: str, regime: int, manifest: dict) -> dict:
         v = memory.vote(xva, power=power)
         return float((v.argmax(-1) == yva).float().mean()), -float(-torch.log(v.gather(1, yva[:, None]).clamp(min=1e-8)).mean())
 
-    power = max(PIXEL_BETAS, key=score)
+    power = max(DISTANCE_POWER_GRID, key=score)
     print(f"    distance power chosen on validation: {power}", flush=True)
     return post_hoc_row(memory.vote(xte, power=power).numpy(), yte, manifest, len(ytr), start)
 
@@ -334,14 +334,19 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
 
 
 def pixel_vote_network(model: str) -> str | None:
-    """``movit_cs_pix`` -> the trained network whose output the pixel-space case vote is fused with (``movit_cs``)."""
-    return model.removesuffix("_pix") if model.endswith("_pix") and model.removesuffix("_pix") in NETWORKS else None
+    """``movit_cs_pix`` / ``movit_cs_pixp`` -> the trained network whose output the pixel-space case vote is fused with
+    (``movit_cs``)."""
+    for suffix in ("_pix", "_pixp"):
+        if model.endswith(suffix) and model.removesuffix(suffix) in NETWORKS:
+            return model.removesuffix(suffix)
+    return None
 
 
-def run_pixel_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, network: str) -> dict:
+def run_pixel_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, network: str, powers=(1.0,)) -> dict:
     """The trained ``network`` with a memory of its regime's training images in pixel space
     (``medmem.memory.pixel_vote.PixelCaseVote``: 28-px thumbnails, k = 10) whose nearest cases' labels are fused with
-    its output, the weight chosen on the validation split; the test split is scored once. No training."""
+    its output, the weight (and, from ``powers``, the distance power) chosen on the validation split; the test split is
+    scored once. No training. ``_pix`` rows: power 1 (sessions 14-15); ``_pixp`` rows: the bundle's power grid."""
     import torch
 
     from medmem.memory.pixel_vote import PixelCaseVote
@@ -352,8 +357,8 @@ def run_pixel_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manife
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
     (xva, yva), (xte, yte) = (load_arrays(dataset, split, None, cfg["image_size"], cfg["in_channels"]) for split in ("validation", "test"))
     memory = PixelCaseVote(len(manifest["classes"]), cfg["in_channels"]).fit(xtr, torch.as_tensor(ytr))
-    memory.calibrate(probabilities(net, xva), xva, torch.as_tensor(yva))
-    print(f"    pixel vote weight chosen on validation: {float(memory.weight):.1f}", flush=True)
+    memory.calibrate(probabilities(net, xva), xva, torch.as_tensor(yva), powers=powers)
+    print(f"    pixel vote weight chosen on validation: {float(memory.weight):.1f}, distance power {float(memory.power)}", flush=True)
     return post_hoc_row(memory(probabilities(net, xte), xte).numpy(), yte, manifest, len(ytr), start)
 
 
@@ -385,19 +390,20 @@ def calibrated_read_network(model: str) -> str | None:
     return base if model.endswith("_cr") and NETWORKS.get(base, {}).get("memory_retrieval") == "pixels" else None
 
 
-# the read's query-key temperature scaled by TAU_SCALES (0: the pixel bias alone, i.e. the distance-weighted pixel k-NN
-# when beta = 1) and the pixel bias's beta set to PIXEL_BETAS, every head alike
-TAU_SCALES, PIXEL_BETAS = (0.0, 0.25, 0.5, 1.0, 2.0), (0.0, 0.5, 1.0, 2.0, 4.0)
+# the read's query-key temperature scaled by TAU_SCALES (0: the pixel bias alone, i.e. the pixel k-NN weighted
+# 1 / distance ** beta), every head alike; beta from the case vote's DISTANCE_POWER_GRID
+TAU_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 def run_calibrated_read_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, network: str) -> dict:
     """A trained pixel-read memory ``network`` (session 16) whose read is re-weighed on the validation split: the
-    temperature of its query-key scores scaled (``TAU_SCALES``), the pixel-similarity bias set (``PIXEL_BETAS``; added
+    temperature of its query-key scores scaled (``TAU_SCALES``), the pixel-similarity bias set (``DISTANCE_POWER_GRID``; added
     where the network was trained without it) and the vote weight re-chosen, together, by validation accuracy (ties: log
     loss); the test split is scored once. Why: the read was trained on training images, whose features the network has
     fitted, so it may trust feature similarity more than held-out images warrant. No training."""
     import torch
 
+    from medmem.memory.pixel_vote import DISTANCE_POWER_GRID
     from medmem.memory.vote import VOTE_WEIGHT_GRID, choose_vote_weight, fused, head_and_vote
 
     start = time.time()
@@ -418,7 +424,7 @@ def run_calibrated_read_cell(dataset: str, regime: int, seed: int, runs: Path, m
     best, best_score = None, None
     labels = torch.as_tensor(yva)
     for scale in TAU_SCALES:
-        for beta in PIXEL_BETAS:
+        for beta in DISTANCE_POWER_GRID:
             read_with(scale, beta)
             weight, scores = choose_vote_weight(*head_and_vote(net, xva), labels, grid)
             score = (scores[weight]["acc"], -scores[weight]["nll"])
@@ -486,7 +492,10 @@ def main() -> None:
                 elif tuned_vote_network(model):
                     result = run_tuned_vote_cell(args.dataset, regime, seed, runs, manifest, tuned_vote_network(model))
                 elif pixel_vote_network(model):
-                    result = run_pixel_vote_cell(args.dataset, regime, seed, runs, manifest, pixel_vote_network(model))
+                    from medmem.memory.pixel_vote import DISTANCE_POWER_GRID
+
+                    powers = DISTANCE_POWER_GRID if model.endswith("_pixp") else (1.0,)
+                    result = run_pixel_vote_cell(args.dataset, regime, seed, runs, manifest, pixel_vote_network(model), powers)
                 else:
                     result = run_network_cell(args.dataset, model, regime, seed, runs, manifest)
                 row = {"dataset": args.dataset, "model": model, "regime": regime, "seed": seed, **result}

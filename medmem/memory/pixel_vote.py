@@ -10,7 +10,8 @@ colour cues the training augmentation teaches the network to ignore.
 ``PixelCaseVote`` stores one standardised thumbnail (``size`` x ``size``, every channel) per training image with its
 label; a query's ``k`` nearest stored cases (cosine) vote, weighted by ``1 / cosine distance`` as scikit-learn's
 distance-weighted k-NN does. The model's output becomes ``(1 - w) p + w vote`` (:func:`medmem.memory.vote.fused`)
-with ``w`` chosen on labelled held-out cases (:func:`medmem.memory.vote.choose_vote_weight`; 0 where the vote does not help).
+with ``w`` chosen on labelled held-out cases (:func:`medmem.memory.vote.choose_vote_weight`; 0 where the vote does not help),
+together with the power ``p`` of the distance weights ``1 / d ** p`` (``DISTANCE_POWER_GRID``; p = 1 is scikit-learn's).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import torch
 
 from medmem.memory.pixel_index import EPS, PixelThumbnails
 from medmem.memory.vote import VOTE_WEIGHT_GRID, choose_vote_weight, fused
+
+# distance powers the calibration chooses from (1: scikit-learn's distance weights, the only one before bundle 0.6.0)
+DISTANCE_POWER_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
 class PixelCaseVote(PixelThumbnails):
@@ -35,11 +39,14 @@ class PixelCaseVote(PixelThumbnails):
         self.register_buffer("labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("sample_ids", torch.zeros(0, dtype=torch.long))
         self.register_buffer("weight", torch.zeros((), dtype=torch.float64))  # w of the fused output; 0 until calibrated
+        self.register_buffer("power", torch.ones((), dtype=torch.float64))  # neighbours weighted 1 / distance ** power
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         if prefix + "sample_ids" not in state_dict and prefix + "labels" in state_dict:
             # files from before the sample ids (bundle 0.4.0-0.5.0): the cases stay unnamed
             state_dict[prefix + "sample_ids"] = torch.full_like(state_dict[prefix + "labels"], -1)
+        if prefix + "power" not in state_dict and prefix + "weight" in state_dict:
+            state_dict[prefix + "power"] = torch.ones((), dtype=torch.float64)  # before bundle 0.6.0: scikit-learn's 1 / d
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     @torch.no_grad()
@@ -97,9 +104,11 @@ class PixelCaseVote(PixelThumbnails):
         return index, sim
 
     @torch.no_grad()
-    def vote(self, images: torch.Tensor, batch_size: int = 256, power: float = 1.0) -> torch.Tensor:
+    def vote(self, images: torch.Tensor, batch_size: int = 256, power: float | None = None) -> torch.Tensor:
         """Class distribution (B, num_classes) of each image's ``k`` nearest stored cases, weighted ``1 / distance ** power``
-        (1: scikit-learn's distance weights; larger: nearer cases count more, 0: every neighbour alike)."""
+        (default: the calibrated ``self.power``; 1: scikit-learn's distance weights; larger: nearer cases count more, 0:
+        every neighbour alike)."""
+        power = float(self.power) if power is None else power
         votes = []
         for i in range(0, len(images), batch_size):
             index, sim = self.nearest(images[i : i + batch_size])
@@ -112,12 +121,25 @@ class PixelCaseVote(PixelThumbnails):
         return torch.cat(votes)
 
     @torch.no_grad()
-    def calibrate(self, probabilities: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, grid=VOTE_WEIGHT_GRID) -> tuple[float, dict[float, dict]]:
-        """Choose ``w`` on labelled held-out cases: the model's probabilities (N, C) for ``images`` (N, C_in, H, W).
+    def calibrate(
+        self, probabilities: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, grid=VOTE_WEIGHT_GRID, powers=DISTANCE_POWER_GRID
+    ) -> tuple[float, dict[float, dict]]:
+        """Choose the weight ``w`` and the distance power together on labelled held-out cases: the model's probabilities
+        (N, C) for ``images`` (N, C_in, H, W). Why the power too: with a few stored cases per class, the 1 / d vote of k = 10
+        is nearly flat; validation chose 2-4 on brain MRI (docs/design.md, Session 16).
 
-        Sets ``self.weight``; returns ``(w, {w: {"acc", "nll"}})`` (highest accuracy, ties: the lower log loss)."""
-        best, scores = choose_vote_weight(probabilities, self.vote(images), torch.as_tensor(labels), grid)
+        Sets ``self.weight`` and ``self.power``; returns ``(w, {w: {"acc", "nll"}})`` at the chosen power (highest
+        accuracy, ties: the lower log loss)."""
+        labels = torch.as_tensor(labels)
+        chosen = None
+        for power in powers:
+            w, scores = choose_vote_weight(probabilities, self.vote(images, power=power), labels, grid)
+            key = (scores[w]["acc"], -scores[w]["nll"])
+            if chosen is None or key > chosen[0]:
+                chosen = (key, power, w, scores)
+        _, power, best, scores = chosen
         self.weight.fill_(best)
+        self.power.fill_(power)
         return best, scores
 
     def forward(self, probabilities: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
