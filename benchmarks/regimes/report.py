@@ -64,14 +64,17 @@ DATASET_NOTES = {
 # issue #6's targets, per results file: (memory network, plain network, k-NN reference over the plain one), one
 # section per memory design; in the ablations, the jittered pair and session 13's neighbour readout (same recipe);
 # session 14's pixel-space case vote on top of the memory ViT and of the plain ViT (``*_pix``); session 15's memory ViT
-# reading its pixel neighbours in attention (``movit_cs_px``)
+# reading its pixel neighbours in attention (``movit_cs_px``); session 16's case vote with its distance power chosen on
+# validation (``*_pixp``), the pixel read with a learned pixel bias (``_pb``) and re-weighed on validation (``_cr``)
 TARGET_MODELS = {
-    "regimes_conv_stem": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn")],
+    "regimes_conv_stem": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn"),
+                          ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn")],
     "regimes": [("movit", "vit", "vit_knn")],
     "case_vote": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_px", "vit_cs", "vit_cs_knn"), ("movit_cs_px_pix", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_px_sep", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs_k32", "vit_cs", "vit_cs_knn"),
-                  ("movit_cs_px_vs_tv", "vit_cs", "vit_cs_knn")],
+                  ("movit_cs_px_vs_tv", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs_pb", "vit_cs", "vit_cs_knn"),
+                  ("movit_cs_px_vs_cr", "vit_cs", "vit_cs_knn"), ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn")],
 }
@@ -79,6 +82,9 @@ TARGET_MODELS = {
 
 def mean_of(group: list[dict], metric: str) -> float:
     return statistics.mean(float(r[metric]) for r in group)
+
+
+PIXEL_KNN = "pixel_knn"  # no network: the regime's thumbnails, k = 10, distance power chosen on validation (session 16)
 
 
 def target_lines(cells: dict, memory: str, plain: str, knn: str) -> list[str]:
@@ -92,8 +98,8 @@ def target_lines(cells: dict, memory: str, plain: str, knn: str) -> list[str]:
     lines = [f"## Targets (issue #6) for `{memory}`, computed from the rows above", "",
              f"1. `{memory}` ahead of `{plain}` and `{knn}` in mean test ACC and mean AUC at every regime <= 10% (points; "
              "per-seed ACC differences pair runs of the same seed and regime split).", "",
-             f"| dataset | regime % | n | ACC − {plain} | ACC − {knn} | AUC − {plain} | AUC − {knn} | per-seed ACC − {plain} | met |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             f"| dataset | regime % | n | ACC − {plain} | ACC − {knn} | AUC − {plain} | AUC − {knn} | per-seed ACC − {plain} | met | ACC / AUC − {PIXEL_KNN} |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     cells_met = []
     for dataset, model, regime in sorted(cells):
         if model != memory or regime > 10 or (dataset, plain, regime) not in cells or (dataset, knn, regime) not in cells:
@@ -104,8 +110,11 @@ def target_lines(cells: dict, memory: str, plain: str, knn: str) -> list[str]:
         paired = ", ".join(pts(float(r["acc"]), by_seed[r["seed"]]) for r in sorted(mem, key=lambda r: int(r["seed"])) if r["seed"] in by_seed)
         met = all(d > 0 for d in deltas)
         cells_met.append(met)
-        lines.append(f"| {dataset} | {regime} | {len(mem)} | " + " | ".join(f"{100 * d:+.1f}" for d in deltas) + f" | {paired} | {'yes' if met else 'no'} |")
-    lines += ["", f"Met in {sum(cells_met)} of {len(cells_met)} measured cells.", ""]
+        pix = cells.get((dataset, PIXEL_KNN, regime))
+        versus_pixels = " / ".join(pts(mean_of(mem, m), mean_of(pix, m)) for m in ("acc", "auc")) if pix else "-"
+        lines.append(f"| {dataset} | {regime} | {len(mem)} | " + " | ".join(f"{100 * d:+.1f}" for d in deltas) + f" | {paired} | {'yes' if met else 'no'} | {versus_pixels} |")
+    lines += ["", f"Met in {sum(cells_met)} of {len(cells_met)} measured cells. The last column (not part of the target) "
+              f"compares with `{PIXEL_KNN}`, a nearest-neighbour classifier on the raw 28-px thumbnails (no network), where measured.", ""]  # fmt: skip
     full, small = cells.get(("pbc_blood_cells_96", plain, 100)), cells.get(("pbc_blood_cells_96", memory, 3))
     if full and small:
         gap = mean_of(full, "acc") - mean_of(small, "acc")
@@ -123,11 +132,14 @@ def target_lines(cells: dict, memory: str, plain: str, knn: str) -> list[str]:
 
 
 def jitter_of(recipes: dict, dataset: str, model: str, regime: int) -> str:
-    """A cell's jitter: trained cells from the audit, k-NN, pixel-vote and tuned-vote cells that of the network they read,
-    logreg none."""
-    if model == "logreg":
+    """A cell's jitter: trained cells from the audit, k-NN, pixel-vote, tuned-vote and calibrated-read cells that of the
+    network they read, logreg and pixel_knn none."""
+    if model in ("logreg", PIXEL_KNN):
         return "none"
-    return recipes.get((dataset, model.split("_knn")[0].removesuffix("_pix").removesuffix("_tv"), regime), "?")
+    network = model.split("_knn")[0]
+    for suffix in ("_pixp", "_pix", "_tv", "_cr"):
+        network = network.removesuffix(suffix)
+    return recipes.get((dataset, network, regime), "?")
 
 
 def mean_std(values: list[float]) -> str:
