@@ -251,6 +251,11 @@ def test_the_case_vote_follows_every_edit_and_an_unnamed_one_refuses_them(tmp_pa
     assert cases[str(new["site/case2.png"])]["case_id"] == "site/case2.png" and set(cases) == {str(s) for s in held}
     index, _ = saved.nearest(items[2]["image"][None])
     assert int(saved.sample_ids[index[0, 0]]) == new["site/case2.png"]  # an added case is found by its own image
+    # the audit's checksums cover the case vote: the last one is what a reload of the saved directory finds
+    assert audit(tmp_path)[-1]["checksum_after"] == ModelDirectory(tmp_path).checksum()
+    reloaded = ModelDirectory(tmp_path)
+    reloaded.case_vote.labels[0] = 1 - reloaded.case_vote.labels[0]
+    assert reloaded.checksum() != audit(tmp_path)[-1]["checksum_after"]
 
     # a case vote whose cases carry no sample ids (fitted before bundle 0.6.0) cannot follow: edits are refused
     torch.save({"config": vote.config, "state_dict": {k: v for k, v in vote.state_dict().items() if k != "sample_ids"}}, tmp_path / "case_vote.pt")

@@ -111,10 +111,13 @@ class ModelDirectory:
         return self.class_names[label] if 0 <= label < len(self.class_names) else "unknown"
 
     def checksum(self) -> str:
-        """One checksum over every memorising layer's content (changes with any edit)."""
+        """One checksum over every memorising layer's content and the case vote's, if any (changes with any edit)."""
         digest = hashlib.sha256()
         for layer in self.network.memory_layers():
             digest.update(layer.memory.checksum().encode())
+        if self.case_vote is not None:  # its cases are memory too (an edit reaches both)
+            for tensor in (self.case_vote.bank, self.case_vote.labels, self.case_vote.sample_ids):
+                digest.update(tensor.contiguous().numpy().tobytes())
         return digest.hexdigest()
 
     def listing(self) -> dict:
@@ -156,7 +159,8 @@ class ModelDirectory:
         for it in todo:
             if not 0 <= int(it["label"]) < len(self.class_names):
                 raise MemoryEditError(f"{it['case_id']}: label {it['label']} is not a class of this model ({len(self.class_names)} classes)")
-        next_id = max([int(s) for s in self.cases] + [-1]) + 1
+        held_ids = [int(s) for s in self.cases] + (self.case_vote.sample_ids.tolist() if self.case_vote is not None else [])
+        next_id = max(held_ids + [-1]) + 1
         before = self.checksum()
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
