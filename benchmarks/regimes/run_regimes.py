@@ -12,7 +12,10 @@ summarisation), ``movit_labels`` / ``movit_labels_proto`` (ablation: label-aware
 regression on 28 px pixels), ``vit_knn_vote`` (the plain ViT's softmax averaged with that k-NN vote);
 ``vit_cs_knn`` / ``vit_cs_knn_vote`` the same over the conv-stem plain ViT (``vit_cs``); ``<network>_pix`` (any trained
 network, e.g. ``movit_cs_pix``: its output fused with a pixel-space memory vote of its training images,
-``medmem.memory.pixel_vote``, the weight chosen on validation). Within a regime all networks get the same steps, schedule and
+``medmem.memory.pixel_vote``, the weight chosen on validation; ``<network>_pixp``: its distance power too, as the bundle
+does since 0.6.0); ``pixel_knn`` (no network: that pixel-space vote alone); ``<network>_tv`` / ``<network>_cr`` (a trained
+memory network's vote weight, or its pixel read's scalars and vote weight, re-chosen on validation). Post-hoc rows train
+nothing; they read the finished run of their network. Within a regime all networks get the same steps, schedule and
 augmentation; model selection uses validation only and the test split is read once per row.
 """
 
