@@ -76,7 +76,8 @@ TARGET_MODELS = {
                   ("movit_cs_px_vs_tv", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs_pb", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_px_vs_cr", "vit_cs", "vit_cs_knn"), ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
-                  ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn")],
+                  ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
+                  ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
 }
 
 
