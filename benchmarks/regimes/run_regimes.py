@@ -263,19 +263,15 @@ def run_pixel_knn_cell(dataset: str, regime: int, manifest: dict) -> dict:
     import torch
 
     from medmem.memory.pixel_vote import DISTANCE_POWER_GRID, PixelCaseVote
+    from medmem.memory.vote import preference, probability_scores
 
     start = time.time()
     cfg = DATASETS[dataset]
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
     (xva, yva), (xte, yte) = (load_arrays(dataset, split, None, cfg["image_size"], cfg["in_channels"]) for split in ("validation", "test"))
     memory = PixelCaseVote(len(manifest["classes"]), cfg["in_channels"]).fit(xtr, torch.as_tensor(ytr))
-    yva = torch.as_tensor(yva)
-
-    def score(power: float) -> tuple[float, float]:
-        v = memory.vote(xva, power=power)
-        return float((v.argmax(-1) == yva).float().mean()), -float(-torch.log(v.gather(1, yva[:, None]).clamp(min=1e-8)).mean())
-
-    power = max(DISTANCE_POWER_GRID, key=score)
+    found = memory.nearest_in_batches(xva)
+    power = max(DISTANCE_POWER_GRID, key=lambda p: preference(probability_scores(memory.vote_of(*found, power=p), torch.as_tensor(yva))))
     print(f"    distance power chosen on validation: {power}", flush=True)
     return post_hoc_row(memory.vote(xte, power=power).numpy(), yte, manifest, len(ytr), start)
 
@@ -407,7 +403,7 @@ def run_calibrated_read_cell(dataset: str, regime: int, seed: int, runs: Path, m
     import torch
 
     from medmem.memory.pixel_vote import DISTANCE_POWER_GRID
-    from medmem.memory.vote import VOTE_WEIGHT_GRID, choose_vote_weight, fused, head_and_vote
+    from medmem.memory.vote import VOTE_WEIGHT_GRID, choose_vote, fused, head_and_vote
 
     start = time.time()
     cfg = DATASETS[dataset]
@@ -415,26 +411,21 @@ def run_calibrated_read_cell(dataset: str, regime: int, seed: int, runs: Path, m
     (xva, yva), (xte, yte) = (load_arrays(dataset, split, None, cfg["image_size"], cfg["in_channels"]) for split in ("validation", "test"))
     layer = net.memory_layers()[-1]
     trained_log_tau = layer.log_tau.detach().clone()
-    if not layer.pixel_bias:
-        layer.pixel_bias, layer.pixel_beta = True, torch.nn.Parameter(torch.zeros_like(trained_log_tau))
 
     def read_with(scale: float, beta: float) -> None:
         with torch.no_grad():
             layer.log_tau.copy_(trained_log_tau + math.log(scale) if scale > 0 else torch.full_like(trained_log_tau, -30.0))
-            layer.pixel_beta.fill_(beta)
+        layer.enable_pixel_bias(beta)
 
     grid = tuple(w for w in VOTE_WEIGHT_GRID if w > 0) if net.config["combiner"] == "vote" else VOTE_WEIGHT_GRID
-    best, best_score = None, None
-    labels = torch.as_tensor(yva)
-    for scale in TAU_SCALES:
-        for beta in DISTANCE_POWER_GRID:
-            read_with(scale, beta)
-            weight, scores = choose_vote_weight(*head_and_vote(net, xva), labels, grid)
-            score = (scores[weight]["acc"], -scores[weight]["nll"])
-            if best_score is None or score > best_score:
-                best, best_score = (scale, beta, weight), score
-    scale, beta, weight = best
-    print(f"    chosen on validation: query-key temperature x{scale}, pixel beta {beta}, vote weight {weight} (acc {best_score[0]:.4f})", flush=True)
+
+    def under(scale: float, beta: float):
+        read_with(scale, beta)
+        return head_and_vote(net, xva)
+
+    settings = (((scale, beta), lambda s=scale, b=beta: under(s, b)) for scale in TAU_SCALES for beta in DISTANCE_POWER_GRID)
+    (scale, beta), weight, scores = choose_vote(settings, torch.as_tensor(yva), grid)
+    print(f"    chosen on validation: query-key temperature x{scale}, pixel beta {beta}, vote weight {weight} (acc {scores[weight]['acc']:.4f})", flush=True)
     read_with(scale, beta)
     return post_hoc_row(fused(*head_and_vote(net, xte), weight).numpy(), yte, manifest, train_images(manifest, regime), start)
 

@@ -168,9 +168,9 @@ def _evidence_rows(network: torch.nn.Module, card: dict, top: int) -> tuple[list
     return [float(r) for r in ev["reliance"]], out, [float(f) for f in ev["familiarity"]]
 
 
-def pixel_case_rows(vote: PixelCaseVote, cases: dict[str, dict], images: torch.Tensor, top: int) -> list[list[dict]]:
-    """Per image (B, C, H, W): its ``top`` nearest training cases in the case vote's pixel space, nearest first."""
-    index, sims = vote.nearest(images)
+def pixel_case_rows(vote: PixelCaseVote, cases: dict[str, dict], index: torch.Tensor, sims: torch.Tensor, top: int) -> list[list[dict]]:
+    """Per image: its ``top`` nearest training cases in the case vote's pixel space, nearest first, from the positions and
+    cosines (B, k) that ``vote.nearest`` found (the same search the fused vote reads)."""
     rows = []
     for positions, cosines in zip(index.tolist(), sims.tolist()):
         found = []
@@ -302,9 +302,11 @@ def run_prediction(
         with torch.no_grad():
             probs = network(images).softmax(-1)
         reliance, similar, familiarity = _evidence_rows(network, card, top_cases)
-        pixel_cases = pixel_case_rows(vote, vote_cases, images, top_cases) if vote is not None else []
+        pixel_cases: list[list[dict]] = []
         if vote is not None:
-            probs = vote(probs, images)
+            found = vote.nearest(images)
+            pixel_cases = pixel_case_rows(vote, vote_cases, *found, top_cases)
+            probs = vote.fuse_found(probs, *found)
         threshold = card.get("ood_threshold")
         rows = []
         for i, (study, _) in enumerate(batch):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from medmem.memory.pixel_index import EPS, PixelThumbnails
-from medmem.memory.vote import VOTE_WEIGHT_GRID, choose_vote_weight, fused
+from medmem.memory.vote import VOTE_WEIGHT_GRID, choose_vote, fused
 
 # distance powers the calibration chooses from (1: scikit-learn's distance weights, the only one before bundle 0.6.0)
 DISTANCE_POWER_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
@@ -104,21 +104,28 @@ class PixelCaseVote(PixelThumbnails):
         return index, sim
 
     @torch.no_grad()
+    def nearest_in_batches(self, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`nearest` for many images, ``batch_size`` at a time (the (B, N) similarity matrix stays small)."""
+        found = [self.nearest(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        return torch.cat([index for index, _ in found]), torch.cat([sim for _, sim in found])
+
+    @torch.no_grad()
     def vote(self, images: torch.Tensor, batch_size: int = 256, power: float | None = None) -> torch.Tensor:
         """Class distribution (B, num_classes) of each image's ``k`` nearest stored cases, weighted ``1 / distance ** power``
         (default: the calibrated ``self.power``; 1: scikit-learn's distance weights; larger: nearer cases count more, 0:
         every neighbour alike)."""
+        return self.vote_of(*self.nearest_in_batches(images, batch_size), power=power)
+
+    @torch.no_grad()
+    def vote_of(self, index: torch.Tensor, sim: torch.Tensor, power: float | None = None) -> torch.Tensor:
+        """The vote (B, num_classes) of neighbours found by :meth:`nearest` (positions and cosines, (B, k))."""
         power = float(self.power) if power is None else power
-        votes = []
-        for i in range(0, len(images), batch_size):
-            index, sim = self.nearest(images[i : i + batch_size])
-            distance = (1.0 - sim).clamp(min=0.0)
-            # scikit-learn's "distance" weights: 1 / d, and an exact match (d = 0) takes the whole vote
-            exact = distance <= EPS
-            weights = torch.where(exact.any(-1, keepdim=True), exact.float(), distance.clamp(min=EPS) ** -power)
-            v = torch.zeros(len(index), self.num_classes).scatter_add_(1, self.labels[index], weights)
-            votes.append(v / v.sum(-1, keepdim=True))
-        return torch.cat(votes)
+        distance = (1.0 - sim).clamp(min=0.0)
+        # scikit-learn's "distance" weights: 1 / d, and an exact match (d = 0) takes the whole vote
+        exact = distance <= EPS
+        weights = torch.where(exact.any(-1, keepdim=True), exact.float(), distance.clamp(min=EPS) ** -power)
+        v = torch.zeros(len(index), self.num_classes).scatter_add_(1, self.labels[index], weights)
+        return v / v.sum(-1, keepdim=True)
 
     @torch.no_grad()
     def calibrate(
@@ -130,18 +137,18 @@ class PixelCaseVote(PixelThumbnails):
 
         Sets ``self.weight`` and ``self.power``; returns ``(w, {w: {"acc", "nll"}})`` at the chosen power (highest
         accuracy, ties: the lower log loss)."""
-        labels = torch.as_tensor(labels)
-        chosen = None
-        for power in powers:
-            w, scores = choose_vote_weight(probabilities, self.vote(images, power=power), labels, grid)
-            key = (scores[w]["acc"], -scores[w]["nll"])
-            if chosen is None or key > chosen[0]:
-                chosen = (key, power, w, scores)
-        _, power, best, scores = chosen
+        found = self.nearest_in_batches(images)  # the neighbours do not depend on the power: searched once
+        candidates = ((p, lambda p=p: (probabilities, self.vote_of(*found, power=p))) for p in powers)
+        power, best, scores = choose_vote(candidates, torch.as_tensor(labels), grid)
         self.weight.fill_(best)
         self.power.fill_(power)
         return best, scores
 
     def forward(self, probabilities: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """The model's probabilities (B, C) for ``images`` fused with their vote: (B, C), rows sum to 1."""
-        return fused(probabilities, self.vote(images), float(self.weight))
+        return self.fuse_found(probabilities, *self.nearest_in_batches(images))
+
+    def fuse_found(self, probabilities: torch.Tensor, index: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+        """As :meth:`forward`, from neighbours already found by :meth:`nearest` (positions and cosines, (B, k)), for
+        callers that also show them."""
+        return fused(probabilities, self.vote_of(index, sim), float(self.weight))

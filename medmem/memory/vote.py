@@ -8,7 +8,7 @@ the vote do not depend on w, so every candidate w is scored from one pass over t
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Hashable, Iterable, Sequence
 
 import torch
 
@@ -45,19 +45,42 @@ def fused(head: torch.Tensor, vote: torch.Tensor, weight: float) -> torch.Tensor
     return (1.0 - weight) * head + weight * vote
 
 
+def probability_scores(p: torch.Tensor, labels: torch.Tensor) -> dict:
+    """``{"acc", "nll"}`` of probabilities (N, C) on labels (N,)."""
+    labels = labels.reshape(-1).long()
+    acc = float((p.argmax(-1) == labels).float().mean())
+    nll = float(-torch.log(p.gather(1, labels[:, None]).clamp(min=1e-8)).mean())
+    return {"acc": acc, "nll": nll}
+
+
+def preference(scores: dict) -> tuple[float, float]:
+    """How the vote's settings are ranked on held-out cases: highest accuracy, ties: the lower log loss."""
+    return scores["acc"], -scores["nll"]
+
+
 def choose_vote_weight(head: torch.Tensor, vote: torch.Tensor, labels: torch.Tensor, grid: Sequence[float] = VOTE_WEIGHT_GRID) -> tuple[float, dict[float, dict]]:
     """The w in ``grid`` with the highest accuracy on these cases (ties: the lower log loss).
 
     head, vote (N, C) probabilities; labels (N,). Returns ``(w, {w: {"acc", "nll"}})``.
     """
-    labels = labels.reshape(-1).long()
     scores: dict[float, dict] = {}
     for w in grid:
         if not 0.0 <= w < 1.0:
             raise ValueError(f"vote weights must be in [0, 1), got {w}")
-        p = fused(head, vote, w)
-        acc = float((p.argmax(-1) == labels).float().mean())
-        nll = float(-torch.log(p.gather(1, labels[:, None]).clamp(min=1e-8)).mean())
-        scores[float(w)] = {"acc": acc, "nll": nll}
-    best = max(scores, key=lambda w: (scores[w]["acc"], -scores[w]["nll"]))
+        scores[float(w)] = probability_scores(fused(head, vote, w), labels)
+    best = max(scores, key=lambda w: preference(scores[w]))
     return best, scores
+
+
+def choose_vote(candidates: Iterable[tuple[Hashable, Callable[[], tuple[torch.Tensor, torch.Tensor]]]], labels: torch.Tensor, grid: Sequence[float] = VOTE_WEIGHT_GRID):
+    """The best (setting, w) over several settings of a vote, e.g. its distance power: ``candidates`` yields
+    ``(setting, make)`` with ``make()`` -> (head, vote) (N, C) under that setting (made one at a time: a setting may change
+    the network). Returns ``(setting, w, {w: {"acc", "nll"}} at that setting)``; the first best wins ties."""
+    chosen = None
+    for setting, make in candidates:
+        w, scores = choose_vote_weight(*make(), labels, grid)
+        if chosen is None or preference(scores[w]) > preference(chosen[2][chosen[1]]):
+            chosen = (setting, w, scores)
+    if chosen is None:
+        raise ValueError("no vote settings to choose from")
+    return chosen

@@ -78,9 +78,9 @@ class MemorySABlock(SABlock):
         # neighbours given with their pixel similarity (memory_retrieval "pixels"): add -beta * log(1 - cos) to their
         # attention scores, so that with tau -> 0 and beta = 1 the read weighs them as the distance-weighted pixel k-NN
         # (the case vote) does; beta (per head) is learned, starting there
-        self.pixel_bias = pixel_bias
+        self.pixel_bias = False
         if pixel_bias:
-            self.pixel_beta = nn.Parameter(torch.ones(num_heads))
+            self.enable_pixel_bias(1.0)
         self.memory = ExternalMemory(num_heads, self.dim_head, tokens, momentum, dtype=memory_dtype, backend=memory_backend)
         self.gate_logit = nn.Parameter(torch.zeros(num_heads))
         self.log_tau = nn.Parameter(torch.full((num_heads,), math.log(math.sqrt(self.dim_head))))
@@ -232,6 +232,16 @@ class MemorySABlock(SABlock):
         valid = (rows >= 0).view(b, 1, 1, k).expand(b, self.num_heads, 1, k)
         probe_cos = found_by.to(cos.dtype).view(b, 1, 1, k).expand_as(cos).masked_fill(~valid, -1.0)
         return cos, mem_values, valid, index, probe_cos
+
+    @torch.jit.unused
+    def enable_pixel_bias(self, beta: float) -> None:
+        """Weigh given pixel neighbours by their pixel similarity too, with every head's beta set to ``beta`` (adds the
+        parameter where the layer was built without it, e.g. to re-weigh a trained read on held-out images)."""
+        if not self.pixel_bias:
+            self.pixel_beta = nn.Parameter(torch.empty(self.num_heads, device=self.qkv.weight.device))
+            self.pixel_bias = True
+        with torch.no_grad():
+            self.pixel_beta.fill_(beta)
 
     @torch.jit.unused
     def _pixel_score_bias(self, pixel_cos: torch.Tensor) -> torch.Tensor:

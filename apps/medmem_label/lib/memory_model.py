@@ -68,8 +68,9 @@ class MemoryModel:
                 layer.record_evidence = False
             pixel_cases: list[dict] = []
             if md.case_vote is not None:
-                probs = md.case_vote(probs[None], x)[0]
-                pixel_cases = pixel_case_rows(md.case_vote, md.case_vote_cases, x, top_cases)[0]
+                found = md.case_vote.nearest(x)
+                probs = md.case_vote.fuse_found(probs[None], *found)[0]
+                pixel_cases = pixel_case_rows(md.case_vote, md.case_vote_cases, *found, top_cases)[0]
             weights = ev["weights"][0].mean(0)  # (k,) averaged over heads
             owners = ev["sample_ids"][0, 0, :, 0]  # (k,) first head's neighbours
             similar = []
