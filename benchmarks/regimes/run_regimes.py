@@ -114,6 +114,11 @@ NETWORKS = {
     "movit_cs_px_vs_k32": {**PIXEL_READ, "memory_k": 32, "memory_vote_training": "separate", "combiner": "vote"},
     # session 16: the neighbours' pixel similarity as a learned bias in the attention scores over them
     "movit_cs_px_vs_pb": {**PIXEL_READ, "memory_vote_training": "separate", "combiner": "vote", "pixel_bias": True},
+    # session 17: the memorizing-transformer read the study had not measured: every token of a middle block (4th of 6)
+    # reads the k most query-alike tokens of any other training image (local, patch-level neighbours found before the
+    # top blocks fit the images); no label vote, so what it adds goes through the features. Geometry-only.
+    "movit_cs_tok": {"memory_mode": "full", "stem": "conv", "memory_blocks": [-3], "memory_queries": "all", "memory_match": "any",
+                     "memory_retrieval": "query", "memory_vote": 0.0},
     # session 13's design: no memory inside attention, the classifier reads the nearest training images' features and
     # labels (medmem.networks.neighbour_readout); the plain ViT's backbone and the same bank (ATMA, own image excluded).
     # With the jitter (the bundle's recipe), so its references are vit_cs_ia / movit_cs_ia / vit_cs_ia_knn.
