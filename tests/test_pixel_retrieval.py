@@ -170,3 +170,29 @@ def test_pixel_bias_alone_weighs_the_neighbours_as_the_distance_weighted_pixel_k
     assert any(p is layer.pixel_beta for p in memory_group["params"]) and memory_group["weight_decay"] == 0.0
     with pytest.raises(ValueError, match="needs memory_retrieval 'pixels'"):
         pixel_vit(memory_retrieval="key", pixel_bias=True)
+
+
+def test_enabling_the_pixel_bias_after_training_holds_the_trained_read_at_zero_and_the_case_vote_at_one():
+    """The calibrated read (benchmarks' ``<network>_cr``) searches a grid whose ends are the read as trained (temperature
+    unchanged, beta 0) and the distance-weighted pixel k-NN (query-key part off, beta 1) on a layer built without the bias."""
+    from medmem.memory.pixel_vote import PixelCaseVote
+
+    x, y, ids = images(12), torch.arange(12) % 3, torch.arange(12)
+    queries = images(5, seed=3)
+    model = pixel_vit().eval()
+    model.fit_pixel_index(x, ids)
+    model.write_memory(x, ids, y)
+    layer = model.memory_layers()[0]
+    with torch.no_grad():
+        layer.log_tau.copy_(torch.tensor([0.3, -0.2]))  # a trained, non-neutral query-key temperature per head
+    trained = model(queries)
+    trained_vote = layer.last_vote.clone()
+    layer.enable_pixel_bias(0.0)
+    torch.testing.assert_close(model(queries), trained)
+    torch.testing.assert_close(layer.last_vote, trained_vote)
+    layer.enable_pixel_bias(1.0)
+    model(queries)
+    assert not torch.allclose(layer.last_vote, trained_vote, atol=1e-3)  # the bias now weighs the neighbours
+    layer.log_tau.data.fill_(-30.0)
+    model(queries)
+    torch.testing.assert_close(layer.last_vote, PixelCaseVote(3, 1, size=8, k=3).fit(x, y).vote(queries))
