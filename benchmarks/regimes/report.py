@@ -40,7 +40,12 @@ HEADINGS = {
                   "`movit_cs_px`: the memory ViT whose class token reads the entries of its 10 nearest training images in "
                   "pixels (`memory_retrieval pixels`), `movit_cs_px_pix` the same with the case vote; `movit_cs_px_vs` / `movit_cs_px_sep` "
                   "the same read with the vote trained by its own loss (`memory_vote_training separate`), the neighbours' values "
-                  "not mixed into the class token (`combiner vote`) or mixed in (gate); `_k32`: 32 pixel neighbours instead of 10; `_tv`: `_vs` with its vote weight re-chosen on validation after training."),
+                  "not mixed into the class token (`combiner vote`) or mixed in (gate); `_k32`: 32 pixel neighbours instead of 10; `_tv`: `_vs` with its vote weight re-chosen on validation after training. "
+                  "Session 16: `_pb` the pixel read with a learned pixel-similarity bias in its scores, `_cr` a pixel read re-weighed on "
+                  "validation (query-key temperature, pixel bias and vote weight chosen together), `*_pixp` the case vote with its distance "
+                  "power chosen on validation as well, `pixel_knn` that vote alone (no network). Session 17: `movit_cs_tok`, the "
+                  "memorizing-transformer read (every token of the 4th of 6 blocks reads the most query-alike tokens of any other "
+                  "training image, no label vote)."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -65,7 +70,8 @@ DATASET_NOTES = {
 # section per memory design; in the ablations, the jittered pair and session 13's neighbour readout (same recipe);
 # session 14's pixel-space case vote on top of the memory ViT and of the plain ViT (``*_pix``); session 15's memory ViT
 # reading its pixel neighbours in attention (``movit_cs_px``); session 16's case vote with its distance power chosen on
-# validation (``*_pixp``), the pixel read with a learned pixel bias (``_pb``) and re-weighed on validation (``_cr``)
+# validation (``*_pixp``), the pixel read with a learned pixel bias (``_pb``) and re-weighed on validation (``_cr``); session
+# 17's memorizing-transformer read (``movit_cs_tok``)
 TARGET_MODELS = {
     "regimes_conv_stem": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn"),
                           ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn")],
@@ -74,7 +80,8 @@ TARGET_MODELS = {
                   ("movit_cs_px", "vit_cs", "vit_cs_knn"), ("movit_cs_px_pix", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_px_sep", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs_k32", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_px_vs_tv", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs_pb", "vit_cs", "vit_cs_knn"),
-                  ("movit_cs_px_vs_cr", "vit_cs", "vit_cs_knn"), ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn")],
+                  ("movit_cs_px_vs_cr", "vit_cs", "vit_cs_knn"), ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn"),
+                  ("movit_cs_tok", "vit_cs", "vit_cs_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
