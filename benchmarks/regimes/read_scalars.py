@@ -31,11 +31,13 @@ def main() -> None:
     lines = ["# The memory read's learned scalars", "", f"`python benchmarks/regimes/read_scalars.py --dataset {args.dataset} --network {args.network} "
              f"--regimes {' '.join(map(str, args.regimes))} --seeds {' '.join(map(str, args.seeds))}`", "",
              "| dataset | network | regime % | seed | layer | log tau per head (start) | pixel beta per head (start 1) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    def fmt(t: torch.Tensor) -> str:
+        return ", ".join(f"{v:.2f}" for v in t.tolist())
+
     for regime in args.regimes:
         for seed in args.seeds:
             net = load_trained(args.dataset, args.network, regime, seed, args.runs, manifest)
             for i, layer in enumerate(net.memory_layers()):
-                fmt = lambda t: ", ".join(f"{v:.2f}" for v in t.tolist())  # noqa: E731
                 beta = fmt(layer.pixel_beta.detach()) if layer.pixel_bias else "-"
                 start = math.log(math.sqrt(layer.dim_head))
                 lines.append(f"| {args.dataset} | {args.network} | {regime} | {seed} | {i} | {fmt(layer.log_tau.detach())} ({start:.2f}) | {beta} |")
