@@ -54,6 +54,9 @@ BATCH = 64
 # tokens by key similarity, and the memory attention's label vote is half of the output
 MOVIT = {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_vote": 0.5}
 PIXEL_READ = {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10}  # session 15 (movit_cs_px below)
+# session 18: self-supervised pre-training of the trunk (bundle pretrain.json) on every training-split image, labels unread;
+# one trunk per dataset (seed 0) shared by the fine-tuning seeds, so their spread leaves out the pre-training's own
+PRETRAIN = {"cs": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30}}
 NETWORKS = {
     "vit": {"memory_mode": "off"},
     "movit": MOVIT,
@@ -124,6 +127,9 @@ NETWORKS = {
     # With the jitter (the bundle's recipe), so its references are vit_cs_ia / movit_cs_ia / vit_cs_ia_knn.
     "movit_cs_ia_nh": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours", "intensity_augment": True},
     # ... its neighbours without their labels (only the learned function of the key difference): the labels' part
+    # session 18: the same pair fine-tuned from a self-supervised trunk (PRETRAIN above); same steps and augmentation
+    "vit_cs_ssl": {"memory_mode": "off", "stem": "conv", "pretrain": "cs"},
+    "movit_cs_ssl": {**MOVIT, "stem": "conv", "pretrain": "cs"},
     "movit_cs_ia_nh_nolabels": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours",
                                 "readout_labels": False, "intensity_augment": True},
 }
@@ -173,11 +179,25 @@ def finished(run_dir: Path, epochs: int) -> bool:
     return (run_dir / "models" / f"checkpoint_epoch={epochs}.pt").exists()
 
 
+def pretrained_trunk(dataset: str, recipe: str, runs: Path) -> Path:
+    """The dataset's trunk pre-trained by ``PRETRAIN[recipe]`` (made, or resumed, on first use)."""
+    settings = PRETRAIN[recipe]
+    out = runs / dataset / f"pretrain_{recipe}_e{settings['pretrain_epochs']}_s0"
+    trunk = out / "pretrained_trunk.pt"
+    if not trunk.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        overrides = {"dataset": dataset, "seed": 0, **DATASETS[dataset], **settings, "pretrain_dir": str(out), "resume": True}
+        bundle(["train.json", "pretrain.json"], overrides, out.with_suffix(".log"))
+    return trunk
+
+
 def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Path, manifest: dict) -> dict:
     n = train_images(manifest, regime)
     network = model.removesuffix("_proto")
     settings = dict(NETWORKS[network])
     settings.pop("step_scale", None)
+    if "pretrain" in settings:
+        settings["pretrained_trunk"] = str(pretrained_trunk(dataset, settings.pop("pretrain"), runs))
     epochs = planned_epochs(manifest, network, regime)
     mode = settings["memory_mode"]
     out = runs / dataset / f"{network}_r{regime}_s{seed}"

@@ -3,7 +3,7 @@
 from medmem.data.datalist import class_names, load_datalist
 from medmem.data.manifest import check_manifest, load_manifest
 from medmem.data.readers import DicomReader, ImageLoadError, NpzReader
-from medmem.data.transforms import LoadMedicalImage, LoadMedicalImaged, eval_transforms, train_transforms
+from medmem.data.transforms import LoadMedicalImage, LoadMedicalImaged, eval_transforms, train_transforms, two_view_transforms
 
 __all__ = [
     "DicomReader",
@@ -17,4 +17,5 @@ __all__ = [
     "load_datalist",
     "load_manifest",
     "train_transforms",
+    "two_view_transforms",
 ]

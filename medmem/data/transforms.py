@@ -21,6 +21,7 @@ from monai.config import KeysCollection
 from monai.data import ImageReader, MetaTensor, PILReader
 from monai.transforms import (
     Compose,
+    CopyItemsd,
     EnsureTyped,
     LoadImage,
     MapTransform,
@@ -29,6 +30,7 @@ from monai.transforms import (
     RandFlipd,
     RandRotate90d,
     RandScaleIntensityd,
+    RandSpatialCropd,
     Resized,
     ThresholdIntensityd,
     Transform,
@@ -270,3 +272,33 @@ def train_transforms(
     """Evaluation chain followed by augmentation (``intensity``: also gamma and colour jitter)."""
     base = eval_transforms(image_size, in_channels, spatial_dims, window, keys=keys)
     return Compose(list(base.transforms) + augmentations(spatial_dims, keys, rotate90, intensity))
+
+
+def view_augmentations(image_size: Sequence[int], spatial_dims: int, key: str) -> list:
+    """One random view for self-supervised pre-training: a crop of 40-100 percent of each side resized back, flips,
+    right-angle turns, and the gamma and colour jitter. Stronger than the label-preserving training augmentation
+    because instance discrimination learns exactly what the views do not share."""
+    min_side = [max(1, int(0.4 * s)) for s in image_size]
+    return [
+        RandSpatialCropd(key, roi_size=min_side, random_size=True),
+        Resized(key, spatial_size=tuple(image_size), mode="area" if spatial_dims == 2 else "trilinear"),
+        *[RandFlipd(key, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)],
+        *([RandRotate90d(key, prob=0.5, max_k=3)] if spatial_dims == 2 else []),
+        *intensity_augmentations((key,)),
+    ]
+
+
+def two_view_transforms(image_size: int | Sequence[int], in_channels: int, spatial_dims: int = 2, window: Sequence[float] | None = None) -> Compose:
+    """Evaluation chain, then two independent random views: ``image`` and ``image_2``, each (in_channels, *image_size).
+
+    Each view has its own transforms, so their random draws are independent (a MONAI dictionary transform over two
+    keys would crop and flip both alike)."""
+    size = (image_size,) * spatial_dims if isinstance(image_size, int) else tuple(image_size)
+    base = eval_transforms(size, in_channels, spatial_dims, window)
+    return Compose(
+        list(base.transforms)
+        + [CopyItemsd("image", times=1, names=["image_2"])]
+        + view_augmentations(size, spatial_dims, "image")
+        + view_augmentations(size, spatial_dims, "image_2")
+        + [EnsureTyped(("image", "image_2"), dtype=torch.float32, track_meta=False)]
+    )
