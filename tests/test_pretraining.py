@@ -1,0 +1,123 @@
+"""Self-supervised pre-training of the trunk: the two views, the paired-view loss, the trunk file, and the bundle's
+pretrain.json feeding train.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from medmem.engine.self_supervised import PairedViewLoss, TwoViewBatch
+from medmem.networks import ContrastivePretrainer, MemoryViT, ResNetClassifier, load_pretrained_trunk, save_pretrained_trunk
+from medmem.networks.pretraining import is_trunk_key
+from tests.test_bundle import BUNDLE, CONFIGS, TINY, bundle
+
+SMALL = dict(in_channels=1, img_size=16, patch_size=4, spatial_dims=2, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, stem="conv")
+
+
+def pretrained(tmp_path: Path) -> tuple[ContrastivePretrainer, Path]:
+    """A pre-trainer whose trunk differs from any fresh initialisation, saved to a trunk file."""
+    torch.manual_seed(1)
+    pre = ContrastivePretrainer(MemoryViT(num_classes=2, memory_mode="off", **SMALL), projection_dim=8)
+    with torch.no_grad():
+        for p in pre.parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / "trunk.pt"
+    save_pretrained_trunk(pre, path, images=10, epochs=1)
+    return pre, path
+
+
+def test_a_loaded_trunk_brings_every_trunk_weight_and_leaves_the_memory_read_and_head_fresh(tmp_path):
+    pre, path = pretrained(tmp_path)
+    torch.manual_seed(2)
+    network = MemoryViT(num_classes=5, memory_mode="full", memory_blocks=[-1], **SMALL)
+    fresh = {k: v.clone() for k, v in network.state_dict().items()}
+    assert load_pretrained_trunk(network, path) is network
+    loaded, source = network.state_dict(), pre.trunk.state_dict()
+    trunk = [k for k in loaded if is_trunk_key(k)]
+    assert any(".attn.qkv." in k for k in trunk) and any(k.startswith("patch_embedding.") for k in trunk) and "cls_token" in trunk
+    for key in loaded:
+        if is_trunk_key(key):
+            assert torch.equal(loaded[key], source[key]), key
+        else:  # memory, its read's scalars, prototypes, head: as initialised for this network
+            assert torch.equal(loaded[key], fresh[key]), key
+    assert not any(is_trunk_key(k) for k in ("classification_head.weight", "blocks.1.attn.gate_logit", "blocks.1.attn.memory.keys"))
+
+
+def test_a_trunk_for_another_network_or_file_is_refused_naming_the_file(tmp_path):
+    _, path = pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"{path}.*hidden_size=32.*hidden_size=48"):
+        load_pretrained_trunk(MemoryViT(num_classes=2, memory_mode="off", **{**SMALL, "hidden_size": 48}), path)
+    with pytest.raises(ValueError, match=f"{path}.*stem=conv.*stem=patch"):
+        load_pretrained_trunk(MemoryViT(num_classes=2, memory_mode="off", **{**SMALL, "stem": "patch"}), path)
+    with pytest.raises(ValueError, match=f"{path}.*MemoryViT, not a ResNetClassifier"):
+        load_pretrained_trunk(ResNetClassifier(in_channels=1, num_classes=2), path)
+    other = tmp_path / "model_full.pt"
+    torch.save(MemoryViT(num_classes=2, memory_mode="off", **SMALL).state_dict(), other)
+    with pytest.raises(ValueError, match=f"{other}: not a medmem pre-trained trunk"):
+        load_pretrained_trunk(MemoryViT(num_classes=2, memory_mode="off", **SMALL), other)
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        load_pretrained_trunk(MemoryViT(num_classes=2, memory_mode="off", **SMALL), tmp_path / "nowhere.pt")
+    network = MemoryViT(num_classes=2, memory_mode="off", **SMALL)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    load_pretrained_trunk(network, "")  # the bundle's default: no pre-training
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+
+
+def test_the_paired_view_loss_is_lowest_when_each_image_meets_its_own_other_view():
+    torch.manual_seed(0)
+    z = torch.randn(16, 8)
+    loss = PairedViewLoss(temperature=0.2)
+    own = loss(torch.cat([z, z + 0.05 * torch.randn_like(z)]))
+    shuffled = loss(torch.cat([z, z[torch.randperm(16)]]))
+    assert own < 0.5 < shuffled
+    with pytest.raises(ValueError, match="even batch"):
+        loss(torch.randn(5, 8))
+
+
+def test_two_views_of_a_scan_differ_keep_its_size_and_range_and_batch_first_views_first(data_root):
+    from medmem.data import load_datalist, two_view_transforms
+    from medmem.engine import resolve_manifest
+
+    item = load_datalist(resolve_manifest("pbc_blood_cells_96"), "training", str(data_root), 1)[0]
+    transform = two_view_transforms(32, 3)
+    sample = transform(item)
+    assert sample["image"].shape == sample["image_2"].shape == (3, 32, 32)
+    for view in (sample["image"], sample["image_2"]):
+        assert 0.0 <= float(view.min()) and float(view.max()) <= 1.0
+    assert not torch.allclose(sample["image"], sample["image_2"])  # independent draws, not one augmentation twice
+    other = transform(item)
+    views, target = TwoViewBatch()({"image": torch.stack([sample["image"], other["image"]]), "image_2": torch.stack([sample["image_2"], other["image_2"]])})
+    assert target is None and views.shape == (4, 3, 32, 32)
+    assert torch.equal(views[1], other["image"]) and torch.equal(views[2], sample["image_2"])
+    with pytest.raises(KeyError, match="image_2"):
+        TwoViewBatch()({"image": views})
+
+
+def test_bundle_pretrains_resumes_and_trains_from_the_trunk(tmp_path, data_root):
+    out = tmp_path / "pretrain"
+    settings = {**TINY, "memory_mode": "off", "pretrain_regime": 1, "pretrain_batch_size": 32, "pretrain_dir": str(out)}
+    bundle("run", ["train.json", "pretrain.json"], {**settings, "pretrain_epochs": 1})
+    first = torch.load(out / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    # resumed to a second epoch: continues from the first (not from scratch) and keeps one checkpoint
+    bundle("run", ["train.json", "pretrain.json"], {**settings, "pretrain_epochs": 2, "resume": True})
+    assert sorted(p.name for p in (out / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=2.pt"]
+    last = torch.load(out / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    epoch_length = first["trainer"]["epoch_length"]
+    assert last["trainer"]["iteration"] == 2 * epoch_length and epoch_length == len(json.loads((BUNDLE.parent.parent / "data_manifests/pbc_blood_cells_96.json").read_text())["regimes"]["1"]) // 32
+    saved = torch.load(out / "pretrained_trunk.pt", map_location="cpu", weights_only=True)
+    assert saved["epochs"] == 2 and saved["images"] == epoch_length * 32 + len(json.loads((BUNDLE.parent.parent / "data_manifests/pbc_blood_cells_96.json").read_text())["regimes"]["1"]) % 32
+    for key, value in saved["trunk"].items():  # the trunk file is the last epoch's trunk
+        assert torch.equal(value, last["model"]["trunk." + key]), key
+    # train.json builds its network from the trunk (and the memory ViT too, whose memory starts empty)
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({**TINY, "memory_mode": "full", "pretrained_trunk": str(out / "pretrained_trunk.pt")})
+    network = parser.get_parsed_content("network")
+    state = network.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved["trunk"].items())
+    assert int(state["blocks.1.attn.memory.num_rows"]) == 0
