@@ -13,7 +13,8 @@ regression on 28 px pixels), ``vit_knn_vote`` (the plain ViT's softmax averaged 
 ``vit_cs_knn`` / ``vit_cs_knn_vote`` the same over the conv-stem plain ViT (``vit_cs``); ``<network>_pix`` (any trained
 network, e.g. ``movit_cs_pix``: its output fused with a pixel-space memory vote of its training images,
 ``medmem.memory.pixel_vote``, the weight chosen on validation; ``<network>_pixp``: its distance power too, as the bundle
-does since 0.6.0); ``pixel_knn`` (no network: that pixel-space vote alone); ``<network>_tv`` / ``<network>_cr`` (a trained
+does since 0.6.0); ``pixel_knn`` (no network: that pixel-space vote alone); ``<network>_ssl`` (fine-tuned from a trunk
+pre-trained without labels, bundle pretrain.json) and ``ssl_cs_knn`` (k-NN on that trunk's features, no fine-tuning); ``<network>_tv`` / ``<network>_cr`` (a trained
 memory network's vote weight, or its pixel read's scalars and vote weight, re-chosen on validation). Post-hoc rows train
 nothing; they read the finished run of their network. Within a regime all networks get the same steps, schedule and
 augmentation; model selection uses validation only and the test split is read once per row.
@@ -357,6 +358,30 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     return post_hoc_row(probs, yte, manifest, len(ytr), start)
 
 
+def pretrained_knn_recipe(model: str) -> str | None:
+    """``ssl_cs_knn`` -> ``cs``: the k-NN reads a pre-trained trunk (``PRETRAIN``) with no fine-tuning."""
+    recipe = model.removeprefix("ssl_").removesuffix("_knn")
+    return recipe if model.startswith("ssl_") and model.endswith("_knn") and recipe in PRETRAIN else None
+
+
+def run_pretrained_knn_cell(dataset: str, regime: int, runs: Path, manifest: dict, recipe: str) -> dict:
+    """k-NN (as ``vit_knn``) on the class-token features of the trunk pre-trained without labels, before any
+    fine-tuning: how much of the classes the self-supervised features already separate."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    import medmem
+
+    start = time.time()
+    cfg = DATASETS[dataset]
+    net = medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], len(manifest["classes"]), dropout_rate=0.1,
+                                    stem=PRETRAIN[recipe]["stem"], memory_mode="off")  # fmt: skip
+    medmem.networks.load_pretrained_trunk(net, pretrained_trunk(dataset, recipe, runs)).eval()
+    xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
+    xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
+    knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(unit_features(net, xtr), ytr)
+    return post_hoc_row(_full_proba(knn, unit_features(net, xte), len(manifest["classes"])), yte, manifest, len(ytr), start)
+
+
 def pixel_vote_network(model: str) -> str | None:
     """``movit_cs_pix`` / ``movit_cs_pixp`` -> the trained network whose output the pixel-space case vote is fused with
     (``movit_cs``)."""
@@ -503,6 +528,8 @@ def main() -> None:
                     result = run_logreg_cell(args.dataset, regime, seed, manifest)
                 elif model == "pixel_knn":
                     result = run_pixel_knn_cell(args.dataset, regime, manifest)
+                elif pretrained_knn_recipe(model):
+                    result = run_pretrained_knn_cell(args.dataset, regime, runs, manifest, pretrained_knn_recipe(model))
                 elif knn_plain_network(model):
                     fuse = 0.5 if model.endswith("_vote") else 0.0
                     result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest, fuse=fuse, plain=knn_plain_network(model))
