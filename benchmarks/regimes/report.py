@@ -45,7 +45,9 @@ HEADINGS = {
                   "validation (query-key temperature, pixel bias and vote weight chosen together), `*_pixp` the case vote with its distance "
                   "power chosen on validation as well, `pixel_knn` that vote alone (no network). Session 17: `movit_cs_tok`, the "
                   "memorizing-transformer read (every token of the 4th of 6 blocks reads the most query-alike tokens of any other "
-                  "training image, no label vote)."),
+                  "training image, no label vote). Session 18: `*_ssl` the same networks fine-tuned from a trunk pre-trained "
+                  "without labels on every training-split image (bundle `pretrain.json`, SimCLR-style, 30 epochs, one trunk per "
+                  "dataset shared by the seeds), `ssl_cs_knn` a k-NN on that trunk's features before any fine-tuning."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -71,7 +73,8 @@ DATASET_NOTES = {
 # session 14's pixel-space case vote on top of the memory ViT and of the plain ViT (``*_pix``); session 15's memory ViT
 # reading its pixel neighbours in attention (``movit_cs_px``); session 16's case vote with its distance power chosen on
 # validation (``*_pixp``), the pixel read with a learned pixel bias (``_pb``) and re-weighed on validation (``_cr``); session
-# 17's memorizing-transformer read (``movit_cs_tok``)
+# 17's memorizing-transformer read (``movit_cs_tok``); session 18's self-supervised trunk (``*_ssl``, against its own
+# pre-trained plain ViT)
 TARGET_MODELS = {
     "regimes_conv_stem": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn"),
                           ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn")],
@@ -81,7 +84,7 @@ TARGET_MODELS = {
                   ("movit_cs_px_sep", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs_k32", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_px_vs_tv", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs_pb", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_px_vs_cr", "vit_cs", "vit_cs_knn"), ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn"),
-                  ("movit_cs_tok", "vit_cs", "vit_cs_knn")],
+                  ("movit_cs_tok", "vit_cs", "vit_cs_knn"), ("movit_cs_ssl", "vit_cs_ssl", "vit_cs_ssl_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
