@@ -57,7 +57,9 @@ MOVIT = {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval"
 PIXEL_READ = {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10}  # session 15 (movit_cs_px below)
 # session 18: self-supervised pre-training of the trunk (bundle pretrain.json) on every training-split image, labels unread;
 # one trunk per dataset (seed 0) shared by the fine-tuning seeds, so their spread leaves out the pre-training's own
-PRETRAIN = {"cs": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30}}
+PRETRAIN = {"cs": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30},
+            # the 10% subset only (which holds the 1% and 3% ones): for the large training splits (LC25000, PBC) on this CPU
+            "cs_pool10": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30, "pretrain_regime": 10}}
 NETWORKS = {
     "vit": {"memory_mode": "off"},
     "movit": MOVIT,
@@ -131,6 +133,8 @@ NETWORKS = {
     # session 18: the same pair fine-tuned from a self-supervised trunk (PRETRAIN above); same steps and augmentation
     "vit_cs_ssl": {"memory_mode": "off", "stem": "conv", "pretrain": "cs"},
     "movit_cs_ssl": {**MOVIT, "stem": "conv", "pretrain": "cs"},
+    "vit_cs_ssl10": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10"},
+    "movit_cs_ssl10": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10"},
     "movit_cs_ia_nh_nolabels": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours",
                                 "readout_labels": False, "intensity_augment": True},
 }
