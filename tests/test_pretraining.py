@@ -121,3 +121,19 @@ def test_bundle_pretrains_resumes_and_trains_from_the_trunk(tmp_path, data_root)
     state = network.state_dict()
     assert all(torch.equal(state[k], v) for k, v in saved["trunk"].items())
     assert int(state["blocks.1.attn.memory.num_rows"]) == 0
+
+
+def test_a_trunk_learning_rate_scale_slows_exactly_the_trunk_and_leaves_the_default_groups_alone():
+    from medmem.networks import param_groups
+
+    network = MemoryViT(num_classes=3, memory_mode="full", memory_blocks=[-1], **SMALL)
+    names = {id(p): n for n, p in network.named_parameters()}
+    default = param_groups(network, lr=1e-3, weight_decay=0.05)
+    assert [g["lr"] for g in default] == [1e-3, 2e-2]  # as before the setting: the rest, then the read's scalars
+    slowed = param_groups(network, lr=1e-3, weight_decay=0.05, trunk_lr_scale=0.1)
+    rest, trunk, scalars = ({names[id(p)] for p in g["params"]} for g in slowed)
+    assert [g["lr"] for g in slowed] == [1e-3, pytest.approx(1e-4), 2e-2]
+    assert trunk == {n for n in names.values() if is_trunk_key(n)} and "blocks.0.attn.qkv.weight" in trunk
+    assert "classification_head.weight" in rest and not rest & trunk
+    assert scalars == {n for n in names.values() if n.endswith(("gate_logit", "log_tau"))}
+    assert {names[id(p)] for p in default[1]["params"]} == scalars

@@ -133,6 +133,10 @@ NETWORKS = {
     # session 18: the same pair fine-tuned from a self-supervised trunk (PRETRAIN above); same steps and augmentation
     "vit_cs_ssl": {"memory_mode": "off", "stem": "conv", "pretrain": "cs"},
     "movit_cs_ssl": {**MOVIT, "stem": "conv", "pretrain": "cs"},
+    # ... the trunk fine-tuned at a tenth of the rate (head and memory read at the full rate): the brain MRI 1% plain ViT
+    # fine-tuned at the full rate fell to its from-scratch ACC, below a k-NN on the frozen trunk (docs/design.md "Session 18")
+    "vit_cs_ssl_t01": {"memory_mode": "off", "stem": "conv", "pretrain": "cs", "trunk_lr_scale": 0.1},
+    "movit_cs_ssl_t01": {**MOVIT, "stem": "conv", "pretrain": "cs", "trunk_lr_scale": 0.1},
     "vit_cs_ssl10": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10"},
     "movit_cs_ssl10": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10"},
     "movit_cs_ia_nh_nolabels": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours",

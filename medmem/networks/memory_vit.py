@@ -341,20 +341,32 @@ class MemoryViT(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
 
-def param_groups(network: nn.Module, lr: float, weight_decay: float, memory_lr_scale: float = 20.0) -> List[dict]:
+def param_groups(network: nn.Module, lr: float, weight_decay: float, memory_lr_scale: float = 20.0, trunk_lr_scale: float = 1.0) -> List[dict]:
     """Optimiser groups: the memory read's own scalars (per-head gate logits, temperatures, pixel-bias weights) get a
-    larger learning rate and no weight decay; everything else is as usual.
+    larger learning rate and no weight decay; with ``trunk_lr_scale`` != 1 the trunk (stem, attention, MLPs: the
+    weights a pre-trained trunk brings, ``pretraining.is_trunk_key``) gets ``lr * trunk_lr_scale``; everything else is as usual.
 
     Why: these are a handful of scalars that start at a neutral value (gate 0.5); at the backbone's
     learning rate Adam moves each by at most ``lr`` per step, so over a short small-data run the gate
     could not leave 0.5, and weight decay would pull it back there. In ``off`` mode they receive no
-    gradient, so a plain-ViT baseline trains exactly as with a single group.
+    gradient, so a plain-ViT baseline trains exactly as with a single group. A pre-trained trunk fine-tuned at the
+    full rate on a few dozen images loses what pre-training gave it (docs/design.md, Session 18); a smaller trunk rate
+    keeps it while the head and the memory read learn.
     """
+    from medmem.networks.pretraining import is_trunk_key
+
     memory_names = ("gate_logit", "log_tau", "pixel_beta")
-    memory, rest = [], []
+    memory, trunk, rest = [], [], []
     for name, p in network.named_parameters():
-        (memory if name.rsplit(".", 1)[-1] in memory_names else rest).append(p)
+        if name.rsplit(".", 1)[-1] in memory_names:
+            memory.append(p)
+        elif float(trunk_lr_scale) != 1.0 and is_trunk_key(name):
+            trunk.append(p)
+        else:
+            rest.append(p)
     groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay}]
+    if trunk:
+        groups.append({"params": trunk, "lr": lr * float(trunk_lr_scale), "weight_decay": weight_decay})
     if memory:
         groups.append({"params": memory, "lr": lr * memory_lr_scale, "weight_decay": 0.0})
     return groups
