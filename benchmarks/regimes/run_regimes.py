@@ -137,6 +137,10 @@ NETWORKS = {
     # fine-tuned at the full rate fell to its from-scratch ACC, below a k-NN on the frozen trunk (docs/design.md "Session 18")
     "vit_cs_ssl_t01": {"memory_mode": "off", "stem": "conv", "pretrain": "cs", "trunk_lr_scale": 0.1},
     "movit_cs_ssl_t01": {**MOVIT, "stem": "conv", "pretrain": "cs", "trunk_lr_scale": 0.1},
+    # ... the trunk frozen (rate 0): the plain ViT is a linear probe of the self-supervised features, the memory ViT reads its
+    # memory in them (keys of a trunk that never fits the labelled images)
+    "vit_cs_ssl_t0": {"memory_mode": "off", "stem": "conv", "pretrain": "cs", "trunk_lr_scale": 0.0},
+    "movit_cs_ssl_t0": {**MOVIT, "stem": "conv", "pretrain": "cs", "trunk_lr_scale": 0.0},
     "vit_cs_ssl10": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10"},
     "movit_cs_ssl10": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10"},
     "movit_cs_ia_nh_nolabels": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours",
