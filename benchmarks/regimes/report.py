@@ -47,7 +47,10 @@ HEADINGS = {
                   "memorizing-transformer read (every token of the 4th of 6 blocks reads the most query-alike tokens of any other "
                   "training image, no label vote). Session 18: `*_ssl` the same networks fine-tuned from a trunk pre-trained "
                   "without labels on every training-split image (bundle `pretrain.json`, SimCLR-style, 30 epochs, one trunk per "
-                  "dataset shared by the seeds), `ssl_cs_knn` a k-NN on that trunk's features before any fine-tuning."),
+                  "dataset shared by the seeds; `_ssl10`: pre-trained on the 10% subset only), `_t01` / `_t0` with the trunk fine-tuned at 0.1 of the "
+                  "learning rate or frozen (then the plain ViT is a linear probe and its features are the trunk's, so its k-NN "
+                  "reference is `ssl_cs_knn`), `ssl_cs_knn` / `ssl_cs_pool10_knn` a k-NN on the trunk's features before any "
+                  "fine-tuning (deterministic: one row)."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -84,7 +87,9 @@ TARGET_MODELS = {
                   ("movit_cs_px_sep", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs_k32", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_px_vs_tv", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs_pb", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_px_vs_cr", "vit_cs", "vit_cs_knn"), ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn"),
-                  ("movit_cs_tok", "vit_cs", "vit_cs_knn"), ("movit_cs_ssl", "vit_cs_ssl", "vit_cs_ssl_knn")],
+                  ("movit_cs_tok", "vit_cs", "vit_cs_knn"), ("movit_cs_ssl", "vit_cs_ssl", "vit_cs_ssl_knn"),
+                  ("movit_cs_ssl_t01", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"), ("movit_cs_ssl_t0", "vit_cs_ssl_t0", "ssl_cs_knn"),
+                  ("movit_cs_ssl10", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
@@ -144,9 +149,12 @@ def target_lines(cells: dict, memory: str, plain: str, knn: str) -> list[str]:
 
 def jitter_of(recipes: dict, dataset: str, model: str, regime: int) -> str:
     """A cell's jitter: trained cells from the audit, k-NN, pixel-vote, tuned-vote and calibrated-read cells that of the
-    network they read, logreg and pixel_knn none."""
+    network they read, logreg and pixel_knn none; a k-NN on a self-supervised trunk (``ssl_*_knn``) had no labelled
+    training, only the pre-training's views (which jitter)."""
     if model in ("logreg", PIXEL_KNN):
         return "none"
+    if model.startswith("ssl_") and model.endswith("_knn"):
+        return "views only"
     network = model.split("_knn")[0]
     for suffix in ("_pixp", "_pix", "_tv", "_cr"):
         network = network.removesuffix(suffix)
