@@ -236,15 +236,18 @@ def plot(dataset: str, cells: dict, path: Path, atomic_path, models: list[str]) 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    # a results file can hold 30+ models: colours of tab20 with a marker per round of it, the legend beside the axes
+    colours, markers = plt.get_cmap("tab20").colors, "osD^v<>"
     for metric, ax in zip(("acc", "auc"), axes):
-        for model in models:
+        for i, model in enumerate(models):
             regimes = sorted(k[2] for k in cells if k[0] == dataset and k[1] == model)
             if not regimes:
                 continue
             values = [[float(r[metric]) for r in cells[(dataset, model, g)]] for g in regimes]
             means = [statistics.mean(v) for v in values]
             stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-            ax.errorbar(regimes, means, yerr=stds, marker="o", capsize=3, label=model)
+            style = {"color": colours[i % len(colours)], "marker": markers[(i // len(colours)) % len(markers)]}
+            ax.errorbar(regimes, means, yerr=stds, capsize=3, label=model, **style)
         ax.set_xscale("log")
         ticks = sorted({k[2] for k in cells if k[0] == dataset})
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -252,11 +255,12 @@ def plot(dataset: str, cells: dict, path: Path, atomic_path, models: list[str]) 
         ax.set_xlabel("training data (% of the training split)")
         ax.set_ylabel(f"test {metric.upper()}")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, ncol=1 + len(labels) // 24)
     fig.suptitle(dataset)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
