@@ -130,6 +130,8 @@ NETWORKS = {
     # With the jitter (the bundle's recipe), so its references are vit_cs_ia / movit_cs_ia / vit_cs_ia_knn.
     "movit_cs_ia_nh": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours", "intensity_augment": True},
     # ... its neighbours without their labels (only the learned function of the key difference): the labels' part
+    "movit_cs_ia_nh_nolabels": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours",
+                                "readout_labels": False, "intensity_augment": True},
     # session 18: the same pair fine-tuned from a self-supervised trunk (PRETRAIN above); same steps and augmentation
     "vit_cs_ssl": {"memory_mode": "off", "stem": "conv", "pretrain": "cs"},
     "movit_cs_ssl": {**MOVIT, "stem": "conv", "pretrain": "cs"},
@@ -141,10 +143,9 @@ NETWORKS = {
     # memory in them (keys of a trunk that never fits the labelled images)
     "vit_cs_ssl_t0": {"memory_mode": "off", "stem": "conv", "pretrain": "cs", "trunk_lr_scale": 0.0},
     "movit_cs_ssl_t0": {**MOVIT, "stem": "conv", "pretrain": "cs", "trunk_lr_scale": 0.0},
+    # ... pre-trained on the 10% subset only (LC25000's 11,303 images are too many for this CPU)
     "vit_cs_ssl10": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10"},
     "movit_cs_ssl10": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10"},
-    "movit_cs_ia_nh_nolabels": {"memory_mode": "full", "memory_blocks": [], "memory_vote": 0.0, "stem": "conv", "readout": "neighbours",
-                                "readout_labels": False, "intensity_augment": True},
 }
 
 

@@ -3,8 +3,9 @@
 Why: every memory read measured in docs/design.md acts only through training, because a network trained from scratch
 on a few hundred labels fits its training images and the read learns to trust features that do not carry to new
 images. A trunk pre-trained without labels (here SimCLR-style instance discrimination, Chen et al. 2020, on the
-training split's images) gives features formed before any label is fitted; the memory then stores and retrieves in
-a space that means the same on training and on new images.
+training split's images) gives features formed before any label is fitted, so that the memory would store and retrieve
+in a space that means the same on training and on new images. Measured in docs/design.md "Session 18": the plain ViT and a
+k-NN on these features gain from it; the memory read, as built, does not.
 
 The trunk is everything but the memory and the head: the stem, the class token, the attention and MLP weights of
 every block, the final norm (``is_trunk_key``). Memory buffers, the memory read's own scalars, prototypes, the readout
@@ -22,7 +23,7 @@ from torch import nn
 
 # state-dict keys of a MemoryViT that pre-training learns and a classifier inherits
 _TRUNK = re.compile(r"^(cls_token|patch_embedding\..+|norm\.(weight|bias)|blocks\.\d+\.(norm1|norm2|mlp|attn\.qkv|attn\.out_proj)\..+)$")
-# ``medmem pretrain`` file layout version: bump when the saved dict changes
+# layout version of pretrained_trunk.pt: bump when the saved dict changes
 FORMAT = 1
 
 
