@@ -12,7 +12,7 @@ import torch
 from medmem.engine.self_supervised import PairedViewLoss, TwoViewBatch
 from medmem.networks import ContrastivePretrainer, MemoryViT, ResNetClassifier, load_pretrained_trunk, save_pretrained_trunk
 from medmem.networks.pretraining import is_trunk_key
-from tests.test_bundle import BUNDLE, CONFIGS, TINY, bundle
+from tests.test_bundle import CONFIGS, REPO, TINY, bundle
 
 SMALL = dict(in_channels=1, img_size=16, patch_size=4, spatial_dims=2, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, stem="conv")
 
@@ -105,10 +105,11 @@ def test_bundle_pretrains_resumes_and_trains_from_the_trunk(tmp_path, data_root)
     bundle("run", ["train.json", "pretrain.json"], {**settings, "pretrain_epochs": 2, "resume": True})
     assert sorted(p.name for p in (out / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=2.pt"]
     last = torch.load(out / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    regime_images = len(json.loads((REPO / "data_manifests/pbc_blood_cells_96.json").read_text())["regimes"]["1"])
     epoch_length = first["trainer"]["epoch_length"]
-    assert last["trainer"]["iteration"] == 2 * epoch_length and epoch_length == len(json.loads((BUNDLE.parent.parent / "data_manifests/pbc_blood_cells_96.json").read_text())["regimes"]["1"]) // 32
+    assert last["trainer"]["iteration"] == 2 * epoch_length and epoch_length == regime_images // 32  # drop_last
     saved = torch.load(out / "pretrained_trunk.pt", map_location="cpu", weights_only=True)
-    assert saved["epochs"] == 2 and saved["images"] == epoch_length * 32 + len(json.loads((BUNDLE.parent.parent / "data_manifests/pbc_blood_cells_96.json").read_text())["regimes"]["1"]) % 32
+    assert saved["epochs"] == 2 and saved["images"] == regime_images
     for key, value in saved["trunk"].items():  # the trunk file is the last epoch's trunk
         assert torch.equal(value, last["model"]["trunk." + key]), key
     # train.json builds its network from the trunk (and the memory ViT too, whose memory starts empty)

@@ -344,6 +344,15 @@ def load_trained(dataset: str, network: str, regime: int, seed: int, runs: Path,
     return net.eval()
 
 
+def feature_knn_probabilities(net, xtr, ytr, xte, num_classes: int):
+    """Class probabilities (N_test, num_classes) of the study's feature k-NN: cosine over ``net``'s class-token features,
+    k = 10 (or every training image), distance-weighted."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(unit_features(net, xtr), ytr)
+    return _full_proba(knn, unit_features(net, xte), num_classes)
+
+
 def knn_plain_network(model: str) -> str | None:
     """``vit_knn`` / ``vit_cs_knn_vote`` -> the plain network whose features the k-NN reads (``vit`` / ``vit_cs``)."""
     for suffix in ("_knn_vote", "_knn"):
@@ -357,15 +366,12 @@ def run_vit_knn_cell(dataset: str, regime: int, seed: int, runs: Path, manifest:
     ``fuse`` w > 0 (model ``vit_knn_vote``), ``(1 - w) * ViT softmax + w * k-NN vote``: a plain ViT plus a
     nearest-neighbour vote bolted on after training, the skeptic's version of the memory vote.
     ``plain`` names the trained memory-less network (``vit``: patch stem, ``vit_cs``: conv stem)."""
-    from sklearn.neighbors import KNeighborsClassifier
-
     start = time.time()
     cfg = DATASETS[dataset]
     net = load_trained(dataset, plain, regime, seed, runs, manifest)
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
     xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])  # read once, for the k-NN and the head
-    knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(unit_features(net, xtr), ytr)
-    probs = _full_proba(knn, unit_features(net, xte), len(manifest["classes"]))
+    probs = feature_knn_probabilities(net, xtr, ytr, xte, len(manifest["classes"]))
     if fuse > 0:
         probs = (1 - fuse) * probabilities(net, xte).numpy() + fuse * probs
     return post_hoc_row(probs, yte, manifest, len(ytr), start)
@@ -380,8 +386,6 @@ def pretrained_knn_recipe(model: str) -> str | None:
 def run_pretrained_knn_cell(dataset: str, regime: int, runs: Path, manifest: dict, recipe: str) -> dict:
     """k-NN (as ``vit_knn``) on the class-token features of the trunk pre-trained without labels, before any
     fine-tuning: how much of the classes the self-supervised features already separate."""
-    from sklearn.neighbors import KNeighborsClassifier
-
     import medmem
 
     trunk = pretrained_trunk(dataset, recipe, runs)  # made first if missing; its time is not this row's
@@ -392,8 +396,7 @@ def run_pretrained_knn_cell(dataset: str, regime: int, runs: Path, manifest: dic
     medmem.networks.load_pretrained_trunk(net, trunk).eval()
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
     xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
-    knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), weights="distance", metric="cosine").fit(unit_features(net, xtr), ytr)
-    return post_hoc_row(_full_proba(knn, unit_features(net, xte), len(manifest["classes"])), yte, manifest, len(ytr), start)
+    return post_hoc_row(feature_knn_probabilities(net, xtr, ytr, xte, len(manifest["classes"])), yte, manifest, len(ytr), start)
 
 
 def pixel_vote_network(model: str) -> str | None:

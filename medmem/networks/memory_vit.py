@@ -24,6 +24,7 @@ from medmem.memory.vote import fused
 from medmem.networks.conv_stem import ConvStemEmbedding
 from medmem.networks.memory_attention import MEMORY_MODES, MemorySABlock, MemoryTransformerBlock, ViTBlock
 from medmem.networks.neighbour_readout import READOUTS, NeighbourReadout
+from medmem.networks.pretraining import is_trunk_key
 
 # Settings that shape the memory: a memory saved under one of these cannot serve another.
 VOTE_TRAINING = ("fused", "separate")
@@ -353,8 +354,6 @@ def param_groups(network: nn.Module, lr: float, weight_decay: float, memory_lr_s
     full rate on a few dozen images loses what pre-training gave it (docs/design.md, Session 18); a smaller trunk rate
     keeps it while the head and the memory read learn.
     """
-    from medmem.networks.pretraining import is_trunk_key
-
     memory_names = ("gate_logit", "log_tau", "pixel_beta")
     memory, trunk, rest = [], [], []
     for name, p in network.named_parameters():

@@ -25,6 +25,8 @@ from torch import nn
 _TRUNK = re.compile(r"^(cls_token|patch_embedding\..+|norm\.(weight|bias)|blocks\.\d+\.(norm1|norm2|mlp|attn\.qkv|attn\.out_proj)\..+)$")
 # layout version of pretrained_trunk.pt: bump when the saved dict changes
 FORMAT = 1
+# MemoryViT settings a trunk is tied to: a network that differs in one cannot take its weights
+TRUNK_SETTINGS = ("img_size", "patch_size", "in_channels", "spatial_dims", "hidden_size", "mlp_dim", "num_layers", "num_heads", "stem")
 
 
 def is_trunk_key(key: str) -> bool:
@@ -64,7 +66,7 @@ def save_pretrained_trunk(pretrainer: ContrastivePretrainer, path: str | os.Path
     """Write the trunk (``{"format", "trunk", "config", "images", "epochs"}``) atomically to ``path``."""
     from medmem.atomic import torch_save_atomic
 
-    config = {k: v for k, v in pretrainer.trunk.config.items() if k in ("img_size", "patch_size", "in_channels", "spatial_dims", "hidden_size", "mlp_dim", "num_layers", "num_heads", "stem")}
+    config = {k: pretrainer.trunk.config[k] for k in TRUNK_SETTINGS}
     torch_save_atomic({"format": FORMAT, "trunk": pretrainer.trunk_state(), "config": config, "images": int(images), "epochs": int(epochs)}, path)
 
 
@@ -87,7 +89,7 @@ def load_pretrained_trunk(network: nn.Module, path: str | os.PathLike | None) ->
     if not isinstance(mine, dict) or "stem" not in mine:
         raise ValueError(f"{path}: a pre-trained trunk loads into a MemoryViT, not a {type(network).__name__}")
     for key, value in saved["config"].items():
-        if key in mine and _same(mine[key], value) is False:
+        if key in mine and mine[key] != value:  # MemoryViT.config keeps sizes as lists, as the file does
             raise ValueError(f"{path}: trunk pre-trained with {key}={value}, this network has {key}={mine[key]}")
     own = network.state_dict()
     wanted = {k for k in own if is_trunk_key(k)}
@@ -101,8 +103,3 @@ def load_pretrained_trunk(network: nn.Module, path: str | os.PathLike | None) ->
     network.load_state_dict(saved["trunk"], strict=False)
     return network
 
-
-def _same(a, b) -> bool:
-    """Settings compare equal after lists and tuples are unified (a config read back from a file has lists)."""
-    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-    return norm(a) == norm(b)
