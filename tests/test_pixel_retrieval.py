@@ -119,7 +119,7 @@ def test_pixel_retrieval_refuses_what_it_cannot_do():
         model.set_memory_mode("prototypes")
     with pytest.raises(RuntimeError, match="fit_pixel_index"):
         model(images(1))
-    with pytest.raises(ValueError, match="no pixel index"):
+    with pytest.raises(ValueError, match="no neighbour index"):
         pixel_vit(memory_retrieval="key").fit_pixel_index(images(2), torch.arange(2))
 
 
@@ -168,7 +168,7 @@ def test_pixel_bias_alone_weighs_the_neighbours_as_the_distance_weighted_pixel_k
     assert layer.pixel_beta.grad is not None and layer.pixel_beta.grad.abs().sum() > 0
     memory_group = param_groups(model, 1e-3, 0.05)[1]
     assert any(p is layer.pixel_beta for p in memory_group["params"]) and memory_group["weight_decay"] == 0.0
-    with pytest.raises(ValueError, match="needs memory_retrieval 'pixels'"):
+    with pytest.raises(ValueError, match="needs memory_retrieval one of"):
         pixel_vit(memory_retrieval="key", pixel_bias=True)
 
 

@@ -55,6 +55,7 @@ BATCH = 64
 # tokens by key similarity, and the memory attention's label vote is half of the output
 MOVIT = {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval": "key", "memory_vote": 0.5}
 PIXEL_READ = {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10}  # session 15 (movit_cs_px below)
+TRUNK_READ = {**MOVIT, "stem": "conv", "pretrain": "cs", "memory_retrieval": "trunk", "memory_k": 10, "pixel_bias": True}  # session 19
 # session 18: self-supervised pre-training of the trunk (bundle pretrain.json) on every training-split image, labels unread;
 # one trunk per dataset (seed 0) shared by the fine-tuning seeds, so their spread leaves out the pre-training's own
 PRETRAIN = {"cs": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30},
@@ -146,6 +147,12 @@ NETWORKS = {
     # ... pre-trained on the 10% subset only (LC25000's 11,303 images are too many for this CPU)
     "vit_cs_ssl10": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10"},
     "movit_cs_ssl10": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10"},
+    # session 19: the class token reads the memory entries of the k training images nearest in a frozen copy of the
+    # self-supervised trunk (medmem.memory.trunk_index), where a k-NN beat every fine-tuned network at brain MRI 1%, while
+    # the network fine-tunes; their trunk cosine biases the read (pixel_bias); k = 10 as the feature k-NN references
+    "movit_cs_ssl_tr": TRUNK_READ,
+    "movit_cs_ssl_t01_tr": {**TRUNK_READ, "trunk_lr_scale": 0.1},
+    "movit_cs_ssl10_tr": {**TRUNK_READ, "pretrain": "cs_pool10"},
 }
 
 
@@ -453,7 +460,7 @@ def run_tuned_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manife
 def calibrated_read_network(model: str) -> str | None:
     """``movit_cs_px_vs_cr`` -> the trained pixel-read network whose read is re-weighed on validation (``movit_cs_px_vs``)."""
     base = model.removesuffix("_cr")
-    return base if model.endswith("_cr") and NETWORKS.get(base, {}).get("memory_retrieval") == "pixels" else None
+    return base if model.endswith("_cr") and NETWORKS.get(base, {}).get("memory_retrieval") in ("pixels", "trunk") else None
 
 
 # the read's query-key temperature scaled by TAU_SCALES (0: the pixel bias alone, i.e. the pixel k-NN weighted

@@ -20,6 +20,7 @@ from torch import nn
 
 from medmem.flags import as_flag
 from medmem.memory.pixel_index import PixelNeighbourIndex
+from medmem.memory.trunk_index import TrunkNeighbourIndex
 from medmem.memory.vote import fused
 from medmem.networks.conv_stem import ConvStemEmbedding
 from medmem.networks.memory_attention import MEMORY_MODES, MemorySABlock, MemoryTransformerBlock, ViTBlock
@@ -28,7 +29,9 @@ from medmem.networks.pretraining import is_trunk_key
 
 # Settings that shape the memory: a memory saved under one of these cannot serve another.
 VOTE_TRAINING = ("fused", "separate")
-RETRIEVALS = ("query", "key", "pixels")
+RETRIEVALS = ("query", "key", "pixels", "trunk")
+# retrievals whose neighbours an index outside the attention chooses (the class token reads their entries)
+INDEXED_RETRIEVALS = ("pixels", "trunk")
 STEMS = ("patch", "conv")
 FINGERPRINT_KEYS = ("in_channels", "img_size", "patch_size", "spatial_dims", "hidden_size", "num_heads", "num_layers", "memory_blocks", "stem", "readout")
 
@@ -62,11 +65,15 @@ class MemoryViT(nn.Module):
             ``key``-key similarity (images alike), or by ``pixels``: the ``memory_k`` training images nearest in their
             standardised ``pixel_size`` thumbnails (:class:`~medmem.memory.pixel_index.PixelNeighbourIndex`, filled by
             :meth:`fit_pixel_index` before training), whose class-token entries the class token reads (needs
-            ``memory_queries="cls"``; no prototype mode). Attention over them uses query-key scores either way.
+            ``memory_queries="cls"``; no prototype mode), or by ``trunk``: the same, the images nearest in the class-token
+            features of a frozen copy of the pre-trained trunk (:class:`~medmem.memory.trunk_index.TrunkNeighbourIndex`,
+            loaded by :func:`~medmem.networks.pretraining.load_pretrained_trunk`; features formed before any label was
+            fitted, docs/design.md "Session 19"). Attention over them uses query-key scores either way.
         pixel_size: thumbnail side of the ``pixels`` retrieval.
-        pixel_bias: with the ``pixels`` retrieval, add ``-beta * log(1 - pixel cosine)`` (beta learned per head, from 1)
-            to the class token's attention scores over its pixel neighbours, so the read can weigh them by how alike
-            they look as well as by query-key similarity (beta = 1 alone: the distance-weighted pixel k-NN's weights).
+        pixel_bias: with the ``pixels`` (or ``trunk``) retrieval, add ``-beta * log(1 - cosine)`` of the space the
+            neighbours were found in (beta learned per head, from 1) to the class token's attention scores over them,
+            so the read can weigh them by how alike they are there as well as by query-key similarity (beta = 1 alone:
+            the distance-weighted k-NN's weights in that space). The name is kept from when only pixels had it.
         memory_vote: weight w of the memory vote in the output, in [0, 1): the model returns
             ``log((1 - w) * softmax(logits) + w * vote)``, where ``vote`` is the class distribution the
             last memorising layer's class token read from the labels of the entries it attended to
@@ -92,6 +99,7 @@ class MemoryViT(nn.Module):
     """
 
     train_vote: Optional[torch.Tensor]
+    __jit_unused_properties__ = ["neighbour_index"]  # indexes run outside TorchScript (as _indexed_neighbours)
 
     def __init__(
         self,
@@ -154,10 +162,10 @@ class MemoryViT(nn.Module):
         }  # fmt: skip
         if memory_retrieval not in RETRIEVALS:
             raise ValueError(f"memory_retrieval must be one of {RETRIEVALS}, got {memory_retrieval!r}")
-        if memory_retrieval == "pixels" and (memory_queries != "cls" or memory_mode == "prototypes"):
-            raise ValueError("memory_retrieval 'pixels' reads the class token's neighbours only: use memory_queries 'cls' and memory_mode 'full' or 'off'")
-        if pixel_bias and memory_retrieval != "pixels":
-            raise ValueError("pixel_bias weighs neighbours found in pixels: it needs memory_retrieval 'pixels'")
+        if memory_retrieval in INDEXED_RETRIEVALS and (memory_queries != "cls" or memory_mode == "prototypes"):
+            raise ValueError(f"memory_retrieval {memory_retrieval!r} reads the class token's neighbours only: use memory_queries 'cls' and memory_mode 'full' or 'off'")
+        if pixel_bias and memory_retrieval not in INDEXED_RETRIEVALS:
+            raise ValueError(f"pixel_bias weighs neighbours found by an index: it needs memory_retrieval one of {INDEXED_RETRIEVALS}")
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         if readout == "neighbours" and memory_mode == "prototypes":
@@ -198,35 +206,51 @@ class MemoryViT(nn.Module):
         self.readout: Optional[NeighbourReadout] = (
             NeighbourReadout(hidden_size, num_classes, readout_k, atma_momentum, dropout_rate, memory_mode, readout_labels) if readout == "neighbours" else None
         )
-        # the training images by their thumbnails: chooses which memory entries the class token reads
+        # the training images by their thumbnails, or by a frozen pre-trained trunk's features: chooses which memory
+        # entries the class token reads
         self.pixel_index: Optional[PixelNeighbourIndex] = PixelNeighbourIndex(in_channels, pixel_size, spatial_dims) if memory_retrieval == "pixels" else None
+        self.trunk_index: Optional[TrunkNeighbourIndex] = None
+        if memory_retrieval == "trunk":
+            encoder = MemoryViT(in_channels, img_size, patch_size, num_classes, spatial_dims, hidden_size, mlp_dim, num_layers, num_heads,
+                                0.0, qkv_bias, memory_blocks=[], memory_mode="off", stem=stem)  # fmt: skip
+            encoder.classification_head = nn.Identity()  # only its features are read
+            self.trunk_index = TrunkNeighbourIndex(encoder)
+        self.finds_neighbours = memory_retrieval in INDEXED_RETRIEVALS
         self.set_memory_vote(memory_vote)
         self.register_buffer("memory_fingerprint", torch.tensor(list(bytes.fromhex(self.fingerprint())), dtype=torch.uint8))
 
     # ------------------------------------------------------------------------------------- forward
     def forward_features(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, C, *img_size) -> normalised class-token features (B, hidden)."""
-        neighbours = self._pixel_neighbours(x, sample_ids) if self.pixel_index is not None else None
+        neighbours = self._indexed_neighbours(x, sample_ids) if self.finds_neighbours else None
         x = self.patch_embedding(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         for block in self.blocks:
             x = block(x, sample_ids, neighbours)
         return self.norm(x)[:, 0]
 
+    @property
+    def neighbour_index(self) -> Optional[Union[PixelNeighbourIndex, TrunkNeighbourIndex]]:
+        """The index that chooses the class token's neighbours (``memory_retrieval`` ``pixels`` or ``trunk``), else None."""
+        return self.pixel_index if self.pixel_index is not None else self.trunk_index
+
     @torch.jit.unused
-    def _pixel_neighbours(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """Sample ids (B, memory_k) of the training images nearest ``x`` in pixels and their cosines; None when no
-        layer reads its memory."""
-        if self.pixel_index is None or not any(layer.mode == "full" for layer in self.memory_layers()):
+    def _indexed_neighbours(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """Sample ids (B, memory_k) of the training images nearest ``x`` in the index's space and their cosines; None
+        when no layer reads its memory."""
+        index = self.neighbour_index
+        if index is None or not any(layer.mode == "full" for layer in self.memory_layers()):
             return None
-        return self.pixel_index.neighbours(x, self.config["memory_k"], sample_ids)
+        return index.neighbours(x, self.config["memory_k"], sample_ids)
 
     @torch.no_grad()
     def fit_pixel_index(self, images: torch.Tensor, sample_ids: torch.Tensor) -> None:
-        """Store the un-augmented training images (N, C, *img_size) by ``sample_id`` for ``memory_retrieval="pixels"``."""
-        if self.pixel_index is None:
-            raise ValueError("this MemoryViT retrieves by its own keys or queries: it has no pixel index (memory_retrieval 'pixels')")
-        self.pixel_index.fit(images, sample_ids)
+        """Store the un-augmented training images (N, C, *img_size) by ``sample_id`` in the neighbour index
+        (``memory_retrieval`` ``pixels`` or ``trunk``; the name is kept from when pixels were the only index)."""
+        index = self.neighbour_index
+        if index is None:
+            raise ValueError("this MemoryViT retrieves by its own keys or queries: it has no neighbour index (memory_retrieval 'pixels' or 'trunk')")
+        index.fit(images, sample_ids)
 
     def forward(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B, num_classes) (log-probabilities with a memory vote, except while training with
@@ -277,8 +301,8 @@ class MemoryViT(nn.Module):
     def set_memory_mode(self, mode: str) -> None:
         if mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {mode!r}")
-        if mode == "prototypes" and self.pixel_index is not None:
-            raise ValueError("a memory read by pixel neighbours has no prototype mode: evaluate it with memory mode 'full' or 'off'")
+        if mode == "prototypes" and self.neighbour_index is not None:
+            raise ValueError("a memory read by indexed neighbours (pixels, trunk) has no prototype mode: evaluate it with memory mode 'full' or 'off'")
         if self.readout is not None:
             self.readout.set_mode(mode)
         self.config["memory_mode"] = mode
@@ -306,8 +330,8 @@ class MemoryViT(nn.Module):
         if self.readout is not None:
             self.readout.training = True  # (its dropout module stays in eval behaviour)
         try:
-            if self.pixel_index is not None:
-                self.pixel_index.add(images, sample_ids)  # new cases become findable by their pixels too
+            if self.neighbour_index is not None:
+                self.neighbour_index.add(images, sample_ids)  # new cases become findable in the index too
             self.forward(images, sample_ids)
             self.commit_memory(sample_ids, labels)
         finally:
@@ -359,6 +383,8 @@ def param_groups(network: nn.Module, lr: float, weight_decay: float, memory_lr_s
     for name, p in network.named_parameters():
         if name.rsplit(".", 1)[-1] in memory_names:
             memory.append(p)
+        elif not p.requires_grad:  # a frozen trunk index's encoder
+            continue
         elif float(trunk_lr_scale) != 1.0 and is_trunk_key(name):
             trunk.append(p)
         else:

@@ -101,5 +101,8 @@ def load_pretrained_trunk(network: nn.Module, path: str | os.PathLike | None) ->
         if own[key].shape != value.shape:
             raise ValueError(f"{path}: weight {key} has shape {tuple(value.shape)}, this network needs {tuple(own[key].shape)}")
     network.load_state_dict(saved["trunk"], strict=False)
+    index = getattr(network, "trunk_index", None)
+    if index is not None:  # memory_retrieval "trunk": the index keeps a frozen copy to find neighbours with
+        index.load_encoder(saved["trunk"])
     return network
 
