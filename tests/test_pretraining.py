@@ -122,6 +122,14 @@ def test_bundle_pretrains_resumes_and_trains_from_the_trunk(tmp_path, data_root)
     state = network.state_dict()
     assert all(torch.equal(state[k], v) for k, v in saved["trunk"].items())
     assert int(state["blocks.1.attn.memory.num_rows"]) == 0
+    # ... and a network that finds its neighbours in the trunk keeps a frozen copy, filled by the bundle's index step
+    from medmem.engine.pixel_index import fit_pixel_index
+
+    parser.update({"memory_retrieval": "trunk", "memory_match": "same_token", "memory_queries": "cls", "pixel_bias": True})
+    network = parser.get_parsed_content("network", lazy=False)
+    index_state = network.trunk_index.encoder.state_dict()
+    assert all(torch.equal(index_state[k], v) for k, v in saved["trunk"].items())
+    assert fit_pixel_index(network, parser.get_parsed_content("pixel_index_loader")) == regime_images == network.trunk_index.num_stored
 
 
 def test_a_trunk_learning_rate_scale_slows_exactly_the_trunk_and_leaves_the_default_groups_alone():
