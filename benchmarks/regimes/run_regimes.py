@@ -15,7 +15,9 @@ network, e.g. ``movit_cs_pix``: its output fused with a pixel-space memory vote 
 ``medmem.memory.pixel_vote``, the weight chosen on validation; ``<network>_pixp``: its distance power too, as the bundle
 does since 0.6.0); ``pixel_knn`` (no network: that pixel-space vote alone); ``<network>_ssl`` (fine-tuned from a trunk
 pre-trained without labels, bundle pretrain.json) and ``ssl_cs_knn`` (k-NN on that trunk's features, no fine-tuning); ``<network>_tv`` / ``<network>_cr`` (a trained
-memory network's vote weight, or its pixel read's scalars and vote weight, re-chosen on validation). Post-hoc rows train
+memory network's vote weight, or its pixel or trunk read's scalars and vote weight, re-chosen on validation);
+``movit_cs_ssl*_tr`` (the class token reads the training images nearest in the frozen trunk, ``memory_retrieval
+"trunk"``) and ``<network>_trunkvote`` (a fine-tuned network fused with a k-NN vote in that frozen trunk). Post-hoc rows train
 nothing; they read the finished run of their network. Within a regime all networks get the same steps, schedule and
 augmentation; model selection uses validation only and the test split is read once per row.
 """
@@ -390,20 +392,56 @@ def pretrained_knn_recipe(model: str) -> str | None:
     return recipe if model.startswith("ssl_") and model.endswith("_knn") and recipe in PRETRAIN else None
 
 
+def frozen_trunk(dataset: str, recipe: str, runs: Path, num_classes: int):
+    """The dataset's trunk pre-trained by ``PRETRAIN[recipe]`` as a memory-less MemoryViT in eval mode (made first if
+    missing)."""
+    import medmem
+
+    trunk = pretrained_trunk(dataset, recipe, runs)
+    cfg = DATASETS[dataset]
+    net = medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], num_classes, dropout_rate=0.1,
+                                    stem=PRETRAIN[recipe]["stem"], memory_mode="off")  # fmt: skip
+    return medmem.networks.load_pretrained_trunk(net, trunk).eval()
+
+
 def run_pretrained_knn_cell(dataset: str, regime: int, runs: Path, manifest: dict, recipe: str) -> dict:
     """k-NN (as ``vit_knn``) on the class-token features of the trunk pre-trained without labels, before any
     fine-tuning: how much of the classes the self-supervised features already separate."""
-    import medmem
-
-    trunk = pretrained_trunk(dataset, recipe, runs)  # made first if missing; its time is not this row's
+    pretrained_trunk(dataset, recipe, runs)  # made first if missing; its time is not this row's
     start = time.time()
     cfg = DATASETS[dataset]
-    net = medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], len(manifest["classes"]), dropout_rate=0.1,
-                                    stem=PRETRAIN[recipe]["stem"], memory_mode="off")  # fmt: skip
-    medmem.networks.load_pretrained_trunk(net, trunk).eval()
+    net = frozen_trunk(dataset, recipe, runs, len(manifest["classes"]))
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
     xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
     return post_hoc_row(feature_knn_probabilities(net, xtr, ytr, xte, len(manifest["classes"])), yte, manifest, len(ytr), start)
+
+
+def trunk_vote_network(model: str) -> str | None:
+    """``vit_cs_ssl_t01_trunkvote`` -> ``vit_cs_ssl_t01``: a network fine-tuned from a pre-trained trunk, fused with a k-NN
+    vote in that trunk's frozen features."""
+    base = model.removesuffix("_trunkvote")
+    return base if model.endswith("_trunkvote") and "pretrain" in NETWORKS.get(base, {}) else None
+
+
+def run_trunk_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, network: str) -> dict:
+    """The trained ``network`` fused with the study's feature k-NN (k = 10, cosine, distance-weighted) on the frozen
+    features of the trunk it was fine-tuned from, ``(1 - w) * softmax + w * vote`` with w chosen on the validation split
+    (``choose_vote_weight``); the test split is scored once. No training and no memory inside the network: the reference
+    that tells what a memory read in the trunk's space (``movit_cs_ssl*_tr``) adds beyond a nearest-neighbour vote there."""
+    import torch
+
+    from medmem.memory.vote import choose_vote_weight, fused
+
+    start = time.time()
+    cfg, classes = DATASETS[dataset], len(manifest["classes"])
+    net = load_trained(dataset, network, regime, seed, runs, manifest)
+    trunk = frozen_trunk(dataset, NETWORKS[network]["pretrain"], runs, classes)
+    xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
+    (xva, yva), (xte, yte) = (load_arrays(dataset, split, None, cfg["image_size"], cfg["in_channels"]) for split in ("validation", "test"))
+    votes = [torch.as_tensor(feature_knn_probabilities(trunk, xtr, ytr, x, classes), dtype=torch.float32) for x in (xva, xte)]
+    weight, _ = choose_vote_weight(probabilities(net, xva), votes[0], torch.as_tensor(yva))
+    print(f"    trunk k-NN vote weight chosen on validation: {weight:.1f}", flush=True)
+    return post_hoc_row(fused(probabilities(net, xte), votes[1], weight).numpy(), yte, manifest, len(ytr), start)
 
 
 def pixel_vote_network(model: str) -> str | None:
@@ -557,6 +595,8 @@ def main() -> None:
                 elif knn_plain_network(model):
                     fuse = 0.5 if model.endswith("_vote") else 0.0
                     result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest, fuse=fuse, plain=knn_plain_network(model))
+                elif trunk_vote_network(model):
+                    result = run_trunk_vote_cell(args.dataset, regime, seed, runs, manifest, trunk_vote_network(model))
                 elif calibrated_read_network(model):
                     result = run_calibrated_read_cell(args.dataset, regime, seed, runs, manifest, calibrated_read_network(model))
                 elif tuned_vote_network(model):
