@@ -155,6 +155,11 @@ NETWORKS = {
     "movit_cs_ssl_tr": TRUNK_READ,
     "movit_cs_ssl_t01_tr": {**TRUNK_READ, "trunk_lr_scale": 0.1},
     "movit_cs_ssl10_tr": {**TRUNK_READ, "pretrain": "cs_pool10"},
+    # ... the read's values carry a learned embedding of each neighbour's class (memory_labels): in the frozen space a
+    # training image's neighbours are as telling as a new image's, so the head can learn how far to trust them; with the
+    # vote (as above) and without it (the read into the class token is then the labels' only way to the output)
+    "movit_cs_ssl_t01_trl": {**TRUNK_READ, "trunk_lr_scale": 0.1, "memory_labels": True},
+    "movit_cs_ssl_t01_trl_nv": {**TRUNK_READ, "trunk_lr_scale": 0.1, "memory_labels": True, "memory_vote": 0.0},
 }
 
 
