@@ -50,7 +50,11 @@ HEADINGS = {
                   "dataset shared by the seeds; `_ssl10`: pre-trained on the 10% subset only), `_t01` / `_t0` with the trunk fine-tuned at 0.1 of the "
                   "learning rate or frozen (then the plain ViT is a linear probe and its features are the trunk's, so its k-NN "
                   "reference is `ssl_cs_knn`), `ssl_cs_knn` / `ssl_cs_pool10_knn` a k-NN on the trunk's features before any "
-                  "fine-tuning (deterministic: one row)."),
+                  "fine-tuning (deterministic: one row). Session 19: `*_tr` the memory ViT fine-tuned from that trunk whose class token "
+                  "reads the memory entries of its 10 nearest training images in a frozen copy of the trunk (`memory_retrieval trunk`, "
+                  "their trunk cosine as a learned score bias), `_trl` with the neighbours' class embeddings in the read "
+                  "(`memory_labels`), `_nv` without the label vote; `*_trunkvote` a fine-tuned plain ViT fused with a k-NN vote "
+                  "(k = 10) in the frozen trunk, its weight chosen on validation (no memory inside the network)."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -77,7 +81,8 @@ DATASET_NOTES = {
 # reading its pixel neighbours in attention (``movit_cs_px``); session 16's case vote with its distance power chosen on
 # validation (``*_pixp``), the pixel read with a learned pixel bias (``_pb``) and re-weighed on validation (``_cr``); session
 # 17's memorizing-transformer read (``movit_cs_tok``); session 18's self-supervised trunk (``*_ssl``, against its own
-# pre-trained plain ViT)
+# pre-trained plain ViT); session 19's read of the neighbours found in the frozen trunk (``*_tr``), also against the plain
+# network fused with a k-NN vote in that trunk (``*_trunkvote``) and that k-NN alone
 TARGET_MODELS = {
     "regimes_conv_stem": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn"),
                           ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn")],
@@ -89,7 +94,15 @@ TARGET_MODELS = {
                   ("movit_cs_px_vs_cr", "vit_cs", "vit_cs_knn"), ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_tok", "vit_cs", "vit_cs_knn"), ("movit_cs_ssl", "vit_cs_ssl", "vit_cs_ssl_knn"),
                   ("movit_cs_ssl_t01", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"), ("movit_cs_ssl_t0", "vit_cs_ssl_t0", "ssl_cs_knn"),
-                  ("movit_cs_ssl10", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
+                  ("movit_cs_ssl10", "vit_cs_ssl10", "vit_cs_ssl10_knn"),
+                  ("movit_cs_ssl_t01_tr", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"), ("movit_cs_ssl_t01_tr_tv", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"),
+                  ("movit_cs_ssl_tr", "vit_cs_ssl", "vit_cs_ssl_knn"), ("movit_cs_ssl10_tr", "vit_cs_ssl10", "vit_cs_ssl10_knn"),
+                  ("movit_cs_ssl10_tr_tv", "vit_cs_ssl10", "vit_cs_ssl10_knn"),
+                  ("movit_cs_ssl_t01_trl", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"), ("movit_cs_ssl_t01_trl_nv", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"),
+                  # the stricter reading (a memory that only adds a nearest-neighbour vote is not the product): the trunk
+                  # read against its plain network fused with a k-NN vote in the same frozen trunk, and that k-NN alone
+                  ("movit_cs_ssl_t01_tr", "vit_cs_ssl_t01_trunkvote", "ssl_cs_knn"), ("movit_cs_ssl_t01_trl_nv", "vit_cs_ssl_t01_trunkvote", "ssl_cs_knn"),
+                  ("movit_cs_ssl_tr", "vit_cs_ssl_trunkvote", "ssl_cs_knn"), ("movit_cs_ssl10_tr", "vit_cs_ssl10_trunkvote", "ssl_cs_pool10_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
@@ -156,7 +169,7 @@ def jitter_of(recipes: dict, dataset: str, model: str, regime: int) -> str:
     if model.startswith("ssl_") and model.endswith("_knn"):
         return "views only"
     network = model.split("_knn")[0]
-    for suffix in ("_pixp", "_pix", "_tv", "_cr"):
+    for suffix in ("_pixp", "_pix", "_tv", "_cr", "_trunkvote"):
         network = network.removesuffix(suffix)
     return recipes.get((dataset, network, regime), "?")
 

@@ -160,6 +160,9 @@ NETWORKS = {
     # vote (as above) and without it (the read into the class token is then the labels' only way to the output)
     "movit_cs_ssl_t01_trl": {**TRUNK_READ, "trunk_lr_scale": 0.1, "memory_labels": True},
     "movit_cs_ssl_t01_trl_nv": {**TRUNK_READ, "trunk_lr_scale": 0.1, "memory_labels": True, "memory_vote": 0.0},
+    # ... the read only weighs the neighbours' labels (combiner vote) and that vote is trained by its own loss, the head by
+    # its own (as movit_cs_px_vs): the attention learns how to rank the trunk's neighbours
+    "movit_cs_ssl_t01_tr_vs": {**TRUNK_READ, "trunk_lr_scale": 0.1, "combiner": "vote", "memory_vote_training": "separate"},
 }
 
 
