@@ -504,7 +504,8 @@ def run_tuned_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manife
 
 
 def calibrated_read_network(model: str) -> str | None:
-    """``movit_cs_px_vs_cr`` -> the trained pixel-read network whose read is re-weighed on validation (``movit_cs_px_vs``)."""
+    """``movit_cs_px_vs_cr`` -> the trained pixel-read (or trunk-read, session 19) network whose read is re-weighed on
+    validation (``movit_cs_px_vs``)."""
     base = model.removesuffix("_cr")
     return base if model.endswith("_cr") and NETWORKS.get(base, {}).get("memory_retrieval") in ("pixels", "trunk") else None
 
@@ -515,8 +516,8 @@ TAU_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 def run_calibrated_read_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, network: str) -> dict:
-    """A trained pixel-read memory ``network`` (session 16) whose read is re-weighed on the validation split: the
-    temperature of its query-key scores scaled (``TAU_SCALES``), the pixel-similarity bias set (``DISTANCE_POWER_GRID``; added
+    """A trained pixel-read (session 16) or trunk-read (session 19) memory ``network`` whose read is re-weighed on the validation split: the
+    temperature of its query-key scores scaled (``TAU_SCALES``), the similarity bias (pixels or trunk) set (``DISTANCE_POWER_GRID``; added
     where the network was trained without it) and the vote weight re-chosen, together, by validation accuracy (ties: log
     loss); the test split is scored once. Why: the read was trained on training images, whose features the network has
     fitted, so it may trust feature similarity more than held-out images warrant. No training."""
