@@ -108,9 +108,10 @@ def main() -> None:
     runs = Path(args.runs)
     rows, summary = tabulate(cells, args.seeds, lambda d, seed, m, x, y, network, regime: measure(d, network, regime, seed, runs, m, x, y),
                              VARIANTS, READ, ("memory off", "plain"))  # fmt: skip
-    out = Path(args.out).resolve()
     # a file other than the default names itself, so that the command rewrites it and not memory_off.md
-    to = "" if out == (REPO / "benchmarks" / "results" / "memory_off.md").resolve() else f" --out {out.relative_to(REPO) if out.is_relative_to(REPO) else out}"
+    out, default = Path(args.out).resolve(), (REPO / "benchmarks" / "results" / "memory_off.md").resolve()
+    shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
+    to = "" if out == default else f" --out {shown}"
     made_by = [
         f"Made by `python benchmarks/regimes/memory_off.py --cells {' '.join(args.cells)} --seeds {' '.join(map(str, args.seeds))}{to}`",
         f"(machine: {platform.machine()}, 2 CPU cores, torch {torch.__version__}) on the study's trained runs; test split.",

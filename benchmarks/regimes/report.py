@@ -53,7 +53,7 @@ HEADINGS = {
                   "fine-tuning (deterministic: one row). Session 19: `*_tr` the memory ViT fine-tuned from that trunk whose class token "
                   "reads the memory entries of its 10 nearest training images in a frozen copy of the trunk (`memory_retrieval trunk`, "
                   "their trunk cosine as a learned score bias), `_trl` with the neighbours' class embeddings in the read "
-                  "(`memory_labels`), `_nv` without the label vote; `*_trunkvote` a fine-tuned plain ViT fused with a k-NN vote "
+                  "(`memory_labels`), `_nv` without the label vote, `_tr_vs` the read feeding only the vote, trained by its own loss; `*_trunkvote` a fine-tuned plain ViT fused with a k-NN vote "
                   "(k = 10) in the frozen trunk, its weight chosen on validation (no memory inside the network)."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made

@@ -446,10 +446,11 @@ def run_trunk_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manife
     trunk = frozen_trunk(dataset, NETWORKS[network]["pretrain"], runs, classes)
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
     (xva, yva), (xte, yte) = (load_arrays(dataset, split, None, cfg["image_size"], cfg["in_channels"]) for split in ("validation", "test"))
-    votes = [torch.as_tensor(feature_knn_probabilities(trunk, xtr, ytr, x, classes), dtype=torch.float32) for x in (xva, xte)]
-    weight, _ = choose_vote_weight(probabilities(net, xva), votes[0], torch.as_tensor(yva))
+    # one k-NN over both splits: the training images' features are computed once
+    votes = torch.as_tensor(feature_knn_probabilities(trunk, xtr, ytr, torch.cat([xva, xte]), classes), dtype=torch.float32)
+    weight, _ = choose_vote_weight(probabilities(net, xva), votes[: len(xva)], torch.as_tensor(yva))
     print(f"    trunk k-NN vote weight chosen on validation: {weight:.1f}", flush=True)
-    return post_hoc_row(fused(probabilities(net, xte), votes[1], weight).numpy(), yte, manifest, len(ytr), start)
+    return post_hoc_row(fused(probabilities(net, xte), votes[len(xva) :], weight).numpy(), yte, manifest, len(ytr), start)
 
 
 def pixel_vote_network(model: str) -> str | None:

@@ -57,16 +57,19 @@ class TrunkNeighbourIndex(StoredNeighbours, ResizedBuffers):
             raise ValueError(f"the pre-trained trunk lacks weights the trunk index needs: {missing[:3]}")
         self.encoder_loaded.fill_(True)
 
-    def fit_statistics(self, images: torch.Tensor) -> None:
-        """Nothing to fit (the features are compared as they are); refuses an encoder that has no trunk."""
+    def _require_encoder(self) -> None:
+        """Refuse an encoder that has no trunk: random weights would find random neighbours."""
         if not bool(self.encoder_loaded):
             raise ValueError("memory_retrieval 'trunk' finds neighbours with a pre-trained trunk: build the network with one "
                              "(bundle pretrained_trunk, or medmem.networks.load_pretrained_trunk) before storing images")
 
+    def fit_statistics(self, images: torch.Tensor) -> None:
+        """Nothing to fit (the features are compared as they are); refuses an encoder that has no trunk."""
+        self._require_encoder()
+
     @torch.no_grad()
     def descriptors(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, *spatial) -> unit-norm trunk class-token features (B, hidden), in batches of 256."""
-        if not bool(self.encoder_loaded):
-            self.fit_statistics(images)  # raises: an encoder with random weights would find random neighbours
+        self._require_encoder()
         feats = [self.encoder.forward_features(images[i : i + 256]) for i in range(0, len(images), 256)]
         return F.normalize(torch.cat(feats).float(), dim=-1)

@@ -215,14 +215,13 @@ class MemoryViT(nn.Module):
                                 0.0, qkv_bias, memory_blocks=[], memory_mode="off", stem=stem)  # fmt: skip
             encoder.classification_head = nn.Identity()  # only its features are read
             self.trunk_index = TrunkNeighbourIndex(encoder)
-        self.finds_neighbours = memory_retrieval in INDEXED_RETRIEVALS
         self.set_memory_vote(memory_vote)
         self.register_buffer("memory_fingerprint", torch.tensor(list(bytes.fromhex(self.fingerprint())), dtype=torch.uint8))
 
     # ------------------------------------------------------------------------------------- forward
     def forward_features(self, x: torch.Tensor, sample_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, C, *img_size) -> normalised class-token features (B, hidden)."""
-        neighbours = self._indexed_neighbours(x, sample_ids) if self.finds_neighbours else None
+        neighbours = self._indexed_neighbours(x, sample_ids) if self.pixel_index is not None or self.trunk_index is not None else None
         x = self.patch_embedding(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         for block in self.blocks:
