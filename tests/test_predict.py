@@ -246,3 +246,45 @@ def test_case_vote_fuses_at_its_weight_and_names_the_training_cases_that_voted(d
     torch.save(saved, tmp_path / "broken.pt")
     with pytest.raises(ValueError, match=r"broken\.pt: not a case vote"):
         run_prediction([str(mixed_folder)], str(deployable), str(tmp_path / "y"), case_vote=str(tmp_path / "broken.pt"))
+
+
+def test_a_trunk_space_case_vote_fuses_and_lists_its_cases_under_their_own_field(deployable, mixed_folder, tmp_path):
+    from medmem.engine.batch_predict import Study, StudyLoader, load_deployable
+    from medmem.engine.case_vote import fit_case_vote, load_case_vote_file
+    from tests.test_pretraining import pretrained
+
+    _, trunk = pretrained(tmp_path)  # 1-channel, 16 px: the deployable's input
+    torch.manual_seed(1)
+    x, y, ids = torch.rand(12, 1, 16, 16), torch.arange(12) % 3, torch.arange(12) + 100
+    network, card = load_deployable(str(deployable))
+    datalist = [{"sample_id": int(i), "label": int(c), "case_id": f"train/case_{int(i)}.png"} for i, c in zip(ids, y)]
+    path = tmp_path / "case_vote.pt"
+    report = fit_case_vote(network, str(deployable), [{"image": x, "label": y, "sample_id": ids}], [{"image": x[:6], "label": y[:6]}],
+                           str(path), str(tmp_path / "report.json"), k=4, class_names=["a", "b", "c"], training_datalist=datalist,
+                           space="trunk", pretrained_trunk=str(trunk))  # fmt: skip
+    assert report["space"] == "trunk" and report["pretrained_trunk"] == str(trunk)
+    saved = torch.load(path, weights_only=True)
+    saved["state_dict"]["weight"].fill_(0.5)
+    torch.save(saved, path)
+    vote, _ = load_case_vote_file(str(path))
+
+    out = tmp_path / "out"
+    run_prediction([str(mixed_folder)], str(deployable), str(out), case_vote=str(path), top_cases=3)
+    row = next(json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if json.loads(line)["input"] == "cell.jpg")
+    image = StudyLoader(card["network"]["img_size"], 1, 2).load(Study("cell.jpg", str(mixed_folder / "cell.jpg")))[None]
+    with torch.no_grad():
+        by_hand = 0.5 * network(image).softmax(-1) + 0.5 * vote.vote(image)
+    assert [row["probabilities"][c] for c in "abc"] == pytest.approx(by_hand[0].tolist(), abs=1e-5)
+    nearest, cosines = vote.nearest(image)
+    assert [c["sample_id"] for c in row["trunk_similar_cases"]] == (ids[nearest[0, :3]]).tolist() and row["pixel_similar_cases"] == []
+    assert [c["cosine"] for c in row["trunk_similar_cases"]] == pytest.approx(cosines[0, :3].tolist(), abs=1e-4)
+    table = read_csv(out / "predictions.csv")[0]
+    assert table["trunk_similar_cases"].count(":train/case_") == 3 and table["pixel_similar_cases"] == ""
+    # a trunk pre-trained at another size cannot serve this model: refused naming the file
+    from medmem.engine.case_vote import save_case_vote
+    from medmem.memory.trunk_vote import TrunkCaseVote
+
+    other = TrunkCaseVote(3, {**vote.trunk_config, "img_size": [32, 32]})
+    save_case_vote(other, {}, tmp_path / "big.pt")
+    with pytest.raises(ValueError, match=r"big\.pt: this case vote's trunk takes \[32, 32\] images, the model \[16, 16\]"):
+        run_prediction([str(mixed_folder)], str(deployable), str(tmp_path / "z"), case_vote=str(tmp_path / "big.pt"))

@@ -130,6 +130,20 @@ def test_bundle_pretrains_resumes_and_trains_from_the_trunk(tmp_path, data_root)
     index_state = network.trunk_index.encoder.state_dict()
     assert all(torch.equal(index_state[k], v) for k, v in saved["trunk"].items())
     assert fit_pixel_index(network, parser.get_parsed_content("pixel_index_loader")) == regime_images == network.trunk_index.num_stored
+    # after training from the trunk, case_vote.json stores the regime's images in the frozen trunk's features
+    run = tmp_path / "train"
+    trained = {**TINY, "memory_mode": "off", "epochs": 1, "output_dir": str(run), "pretrained_trunk": str(out / "pretrained_trunk.pt")}
+    bundle("run", ["train.json"], trained)
+    bundle("run", ["train.json", "case_vote.json"], {**trained, "case_vote_space": "trunk"})
+    report = json.loads((run / "case_vote_report.json").read_text())
+    assert report["space"] == "trunk" and report["training_images"] == regime_images
+    from medmem.engine.case_vote import load_case_vote_file
+
+    vote, cases = load_case_vote_file(str(run / "models" / "case_vote.pt"))
+    assert all(torch.equal(vote.encoder.state_dict()[k], v) for k, v in saved["trunk"].items()) and len(cases) == regime_images
+    x = torch.stack([parser.get_parsed_content("validate#preprocessing")({"image": d["image"]})["image"] for d in parser.get_parsed_content("train#datalist")[:4]])
+    network.trunk_index.add(x, torch.arange(4) + 10**6)  # the index's frozen copy describes them as the vote does
+    torch.testing.assert_close(vote.descriptors(x), network.trunk_index.bank[-4:])
 
 
 def test_a_trunk_learning_rate_scale_slows_exactly_the_trunk_and_leaves_the_default_groups_alone():

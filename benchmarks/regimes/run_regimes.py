@@ -425,32 +425,36 @@ def run_pretrained_knn_cell(dataset: str, regime: int, runs: Path, manifest: dic
 
 
 def trunk_vote_network(model: str) -> str | None:
-    """``vit_cs_ssl_t01_trunkvote`` -> ``vit_cs_ssl_t01``: a network fine-tuned from a pre-trained trunk, fused with a k-NN
-    vote in that trunk's frozen features."""
-    base = model.removesuffix("_trunkvote")
-    return base if model.endswith("_trunkvote") and "pretrain" in NETWORKS.get(base, {}) else None
+    """``vit_cs_ssl_t01_trunkvote`` / ``_trunkvotep`` -> ``vit_cs_ssl_t01``: a network fine-tuned from a pre-trained trunk,
+    fused with a k-NN vote in that trunk's frozen features."""
+    for suffix in ("_trunkvote", "_trunkvotep"):
+        base = model.removesuffix(suffix)
+        if model.endswith(suffix) and "pretrain" in NETWORKS.get(base, {}):
+            return base
+    return None
 
 
-def run_trunk_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, network: str) -> dict:
-    """The trained ``network`` fused with the study's feature k-NN (k = 10, cosine, distance-weighted) on the frozen
-    features of the trunk it was fine-tuned from, ``(1 - w) * softmax + w * vote`` with w chosen on the validation split
-    (``choose_vote_weight``); the test split is scored once. No training and no memory inside the network: the reference
-    that tells what a memory read in the trunk's space (``movit_cs_ssl*_tr``) adds beyond a nearest-neighbour vote there."""
+def run_trunk_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, network: str, powers=(1.0,)) -> dict:
+    """The trained ``network`` fused with the bundle's trunk-space case vote (``medmem.memory.trunk_vote.TrunkCaseVote``,
+    ``case_vote.json --case_vote_space trunk``: k = 10, cosine, distance-weighted) on the frozen features of the trunk it
+    was fine-tuned from, ``(1 - w) * softmax + w * vote`` with w (and, from ``powers``, the distance power) chosen on the
+    validation split; the test split is scored once. No training and no memory inside the network: the reference that
+    tells what a memory read in the trunk's space (``movit_cs_ssl*_tr``) adds beyond a nearest-neighbour vote there.
+    ``_trunkvote`` rows: power 1 (scikit-learn's distance weights, session 19); ``_trunkvotep``: the bundle's power grid."""
     import torch
 
-    from medmem.memory.vote import choose_vote_weight, fused
+    from medmem.memory.trunk_vote import TrunkCaseVote
 
     start = time.time()
-    cfg, classes = DATASETS[dataset], len(manifest["classes"])
+    cfg = DATASETS[dataset]
     net = load_trained(dataset, network, regime, seed, runs, manifest)
-    trunk = frozen_trunk(dataset, NETWORKS[network]["pretrain"], runs, classes)
+    trunk = pretrained_trunk(dataset, NETWORKS[network]["pretrain"], runs)
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
     (xva, yva), (xte, yte) = (load_arrays(dataset, split, None, cfg["image_size"], cfg["in_channels"]) for split in ("validation", "test"))
-    # one k-NN over both splits: the training images' features are computed once
-    votes = torch.as_tensor(feature_knn_probabilities(trunk, xtr, ytr, torch.cat([xva, xte]), classes), dtype=torch.float32)
-    weight, _ = choose_vote_weight(probabilities(net, xva), votes[: len(xva)], torch.as_tensor(yva))
-    print(f"    trunk k-NN vote weight chosen on validation: {weight:.1f}", flush=True)
-    return post_hoc_row(fused(probabilities(net, xte), votes[len(xva) :], weight).numpy(), yte, manifest, len(ytr), start)
+    vote = TrunkCaseVote.from_trunk_file(trunk, len(manifest["classes"]), k=10).fit(xtr, torch.as_tensor(ytr))
+    vote.calibrate(probabilities(net, xva), xva, torch.as_tensor(yva), powers=powers)
+    print(f"    trunk vote weight chosen on validation: {float(vote.weight):.1f}, distance power {float(vote.power)}", flush=True)
+    return post_hoc_row(vote(probabilities(net, xte), xte).numpy(), yte, manifest, len(ytr), start)
 
 
 def pixel_vote_network(model: str) -> str | None:
@@ -606,7 +610,10 @@ def main() -> None:
                     fuse = 0.5 if model.endswith("_vote") else 0.0
                     result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest, fuse=fuse, plain=knn_plain_network(model))
                 elif trunk_vote_network(model):
-                    result = run_trunk_vote_cell(args.dataset, regime, seed, runs, manifest, trunk_vote_network(model))
+                    from medmem.memory.case_vote import DISTANCE_POWER_GRID
+
+                    powers = DISTANCE_POWER_GRID if model.endswith("_trunkvotep") else (1.0,)
+                    result = run_trunk_vote_cell(args.dataset, regime, seed, runs, manifest, trunk_vote_network(model), powers)
                 elif calibrated_read_network(model):
                     result = run_calibrated_read_cell(args.dataset, regime, seed, runs, manifest, calibrated_read_network(model))
                 elif tuned_vote_network(model):

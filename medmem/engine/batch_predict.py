@@ -10,8 +10,9 @@ Outputs in the output folder:
   class, probabilities, memory reliance, familiarity and an out-of-distribution flag (familiarity
   below the threshold calibrated on the validation split by the summarise step), and the most
   similar training cases recalled from the memory or prototypes (id, case, class); with ``case_vote``
-  (the bundle's ``models/case_vote.pt``) the probabilities are the network's fused with the pixel-space case vote
-  at its validated weight, and ``pixel_similar_cases`` lists the training cases that voted (id, case, class, cosine);
+  (the bundle's ``models/case_vote.pt``) the probabilities are the network's fused with the case vote at its validated
+  weight, and ``pixel_similar_cases`` (a pixel-space vote) or ``trunk_similar_cases`` (a vote in the pre-trained trunk's
+  features) lists the training cases that voted (id, case, class, cosine);
 - ``errors.csv``: inputs that could not be used, with the reason; the run goes on past them.
 No DICOM tag other than the allow-listed, non-identifying ones is read into any output.
 """
@@ -33,10 +34,10 @@ from medmem.atomic import atomic_path, write_text_atomic
 from medmem.data.manifest import is_hidden
 from medmem.data.readers import DicomReader, ImageLoadError, is_dicom_file
 from medmem.data.transforms import LoadMedicalImage, match_channels, match_spatial_dims, scale_to_unit
-from medmem.engine.case_vote import load_case_vote_file
+from medmem.engine.case_vote import CASE_EVIDENCE_KEYS, load_case_vote_file
 from medmem.engine.explain import attention_grid, render_evidence, safe_name, write_index
 from medmem.engine.predict import csv_text, describe_failure
-from medmem.memory.pixel_vote import PixelCaseVote
+from medmem.memory.case_vote import CaseVote
 
 
 @dataclass
@@ -168,8 +169,8 @@ def _evidence_rows(network: torch.nn.Module, card: dict, top: int) -> tuple[list
     return [float(r) for r in ev["reliance"]], out, [float(f) for f in ev["familiarity"]]
 
 
-def pixel_case_rows(vote: PixelCaseVote, cases: dict[str, dict], index: torch.Tensor, sims: torch.Tensor, top: int) -> list[list[dict]]:
-    """Per image: its ``top`` nearest training cases in the case vote's pixel space, nearest first, from the positions and
+def voted_case_rows(vote: CaseVote, cases: dict[str, dict], index: torch.Tensor, sims: torch.Tensor, top: int) -> list[list[dict]]:
+    """Per image: its ``top`` nearest training cases in the case vote's space (pixels or trunk), nearest first, from the positions and
     cosines (B, k) that ``vote.nearest`` found (the same search the fused vote reads)."""
     rows = []
     for positions, cosines in zip(index.tolist(), sims.tolist()):
@@ -272,6 +273,8 @@ def run_prediction(
             f"{case_vote}: this case vote was fitted for {vote.in_channels}-channel images and {vote.num_classes} classes, "
             f"the model takes {cfg['in_channels']} channels and {len(classes)} classes"
         )
+    if vote is not None and getattr(vote, "img_size", cfg["img_size"]) != list(cfg["img_size"]):  # a trunk vote is sized
+        raise ValueError(f"{case_vote}: this case vote's trunk takes {vote.img_size} images, the model {cfg['img_size']}")
     loader = StudyLoader(cfg["img_size"], cfg["in_channels"], cfg["spatial_dims"], slice_policy, window)
     for layer in network.memory_layers():
         layer.record_evidence = True
@@ -302,10 +305,10 @@ def run_prediction(
         with torch.no_grad():
             probs = network(images).softmax(-1)
         reliance, similar, familiarity = _evidence_rows(network, card, top_cases)
-        pixel_cases: list[list[dict]] = []
+        voted_cases: list[list[dict]] = []
         if vote is not None:
             found = vote.nearest(images)
-            pixel_cases = pixel_case_rows(vote, vote_cases, *found, top_cases)
+            voted_cases = voted_case_rows(vote, vote_cases, *found, top_cases)
             probs = vote.fuse_found(probs, *found)
         threshold = card.get("ood_threshold")
         rows = []
@@ -321,7 +324,7 @@ def run_prediction(
                     "familiarity": round(familiarity[i], 4) if familiarity else None,
                     "out_of_distribution": bool(familiarity[i] < threshold) if familiarity and threshold is not None else None,
                     "similar_cases": similar[i] if similar else [],
-                    "pixel_similar_cases": pixel_cases[i] if pixel_cases else [],
+                    **{key: voted_cases[i] if voted_cases and key == vote.evidence_key else [] for key in CASE_EVIDENCE_KEYS},
                 }
             )
         _append_jsonl(my_part, rows)
@@ -354,11 +357,11 @@ def merge_outputs(out: Path, classes: list[str], explain: bool) -> dict:
     ordered = [rows[k] for k in sorted(rows)]
     with atomic_path(jsonl) as tmp:
         Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in ordered))
-    header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["memory_reliance", "familiarity", "out_of_distribution", "similar_cases", "pixel_similar_cases"]
+    header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["memory_reliance", "familiarity", "out_of_distribution", "similar_cases", *CASE_EVIDENCE_KEYS]
     table = []
     for r in ordered:
-        similar, pixel = ("; ".join(f"{c['sample_id']}:{c['case']}:{c['class']}" for c in r.get(key, [])) for key in ("similar_cases", "pixel_similar_cases"))
-        table.append([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [r["memory_reliance"], r["familiarity"], r["out_of_distribution"], similar, pixel])
+        cases = ["; ".join(f"{c['sample_id']}:{c['case']}:{c['class']}" for c in r.get(key, [])) for key in ("similar_cases", *CASE_EVIDENCE_KEYS)]
+        table.append([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [r["memory_reliance"], r["familiarity"], r["out_of_distribution"], *cases])
     write_text_atomic(csv_text(header, table), out / "predictions.csv")
     write_text_atomic(csv_text(["input", "reason"], sorted(errors.items())), errors_csv)
     for part in pred_parts + error_parts:

@@ -1,5 +1,6 @@
-"""The training images by the class-token features of a frozen, self-supervised trunk, and the index that finds an
-image's nearest training images by them (``memory_retrieval="trunk"``).
+"""The training images by the class-token features of a frozen, self-supervised trunk (:class:`TrunkFeatures`), and the
+index that finds an image's nearest training images by them (``memory_retrieval="trunk"``); the trunk-space case vote
+(:class:`medmem.memory.trunk_vote.TrunkCaseVote`) stores the same features.
 
 Why: the memory ViT's own retrieval (its keys, trained with the labels) finds the neighbours its features already agree
 with, and on the images it has fitted it learns to trust them (docs/design.md, sessions 12-16). A k-NN on the features of
@@ -19,8 +20,8 @@ from torch import nn
 from medmem.memory.neighbour_index import ResizedBuffers, StoredNeighbours
 
 
-class TrunkNeighbourIndex(StoredNeighbours, ResizedBuffers):
-    """Unit-norm trunk features (N, hidden) of the training images by ``sample_id``; nearest by cosine.
+class TrunkFeatures(ResizedBuffers):
+    """A bank (N, hidden) of unit-norm class-token features of a frozen pre-trained trunk.
 
     Args:
         encoder: a module with ``forward_features(images (B, C, *spatial)) -> (B, hidden)`` and a final ``norm``
@@ -28,19 +29,19 @@ class TrunkNeighbourIndex(StoredNeighbours, ResizedBuffers):
             (:meth:`load_encoder`), are never trained and stay in eval mode.
     """
 
-    empty_hint = "store the training images first (MemoryViT.fit_pixel_index; the bundle's pixel_index_loader step does it)"
-    resized_buffers = ("bank", "sample_ids")
+    resized_buffers = ("bank",)
+    # how to give it a trunk, for the refusal of one that has none
+    trunk_hint = "load one (load_encoder) before storing images"
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder.requires_grad_(False).eval()
         hidden = encoder.norm.normalized_shape[0]
         self.register_buffer("bank", torch.zeros(0, hidden))
-        self.register_buffer("sample_ids", torch.zeros(0, dtype=torch.long))
         # whether load_encoder has run (saved with the model, so a checkpoint brings its trunk)
         self.register_buffer("encoder_loaded", torch.zeros((), dtype=torch.bool))
 
-    def train(self, mode: bool = True) -> "TrunkNeighbourIndex":
+    def train(self, mode: bool = True) -> "TrunkFeatures":
         super().train(mode)
         self.encoder.eval()  # frozen: no dropout in training either
         return self
@@ -54,14 +55,13 @@ class TrunkNeighbourIndex(StoredNeighbours, ResizedBuffers):
         missing, _ = self.encoder.load_state_dict(trunk_state, strict=False)
         missing = [k for k in missing if is_trunk_key(k)]
         if missing:
-            raise ValueError(f"the pre-trained trunk lacks weights the trunk index needs: {missing[:3]}")
+            raise ValueError(f"the pre-trained trunk lacks weights the {type(self).__name__} needs: {missing[:3]}")
         self.encoder_loaded.fill_(True)
 
     def _require_encoder(self) -> None:
         """Refuse an encoder that has no trunk: random weights would find random neighbours."""
         if not bool(self.encoder_loaded):
-            raise ValueError("memory_retrieval 'trunk' finds neighbours with a pre-trained trunk: build the network with one "
-                             "(bundle pretrained_trunk, or medmem.networks.load_pretrained_trunk) before storing images")
+            raise ValueError(f"{type(self).__name__} finds neighbours with a pre-trained trunk: {self.trunk_hint}")
 
     def fit_statistics(self, images: torch.Tensor) -> None:
         """Nothing to fit (the features are compared as they are); refuses an encoder that has no trunk."""
@@ -73,3 +73,16 @@ class TrunkNeighbourIndex(StoredNeighbours, ResizedBuffers):
         self._require_encoder()
         feats = [self.encoder.forward_features(images[i : i + 256]) for i in range(0, len(images), 256)]
         return F.normalize(torch.cat(feats).float(), dim=-1)
+
+
+class TrunkNeighbourIndex(StoredNeighbours, TrunkFeatures):
+    """The training images' trunk features (N, hidden) by ``sample_id``; finds each image's ``k`` nearest stored images
+    (cosine, :class:`~medmem.memory.neighbour_index.StoredNeighbours`)."""
+
+    empty_hint = "store the training images first (MemoryViT.fit_pixel_index; the bundle's pixel_index_loader step does it)"
+    trunk_hint = "build the network with one (bundle pretrained_trunk, or medmem.networks.load_pretrained_trunk) before storing images"
+    resized_buffers = ("bank", "sample_ids")
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__(encoder)
+        self.register_buffer("sample_ids", torch.zeros(0, dtype=torch.long))

@@ -211,10 +211,8 @@ class MemoryViT(nn.Module):
         self.pixel_index: Optional[PixelNeighbourIndex] = PixelNeighbourIndex(in_channels, pixel_size, spatial_dims) if memory_retrieval == "pixels" else None
         self.trunk_index: Optional[TrunkNeighbourIndex] = None
         if memory_retrieval == "trunk":
-            encoder = MemoryViT(in_channels, img_size, patch_size, num_classes, spatial_dims, hidden_size, mlp_dim, num_layers, num_heads,
-                                0.0, qkv_bias, memory_blocks=[], memory_mode="off", stem=stem)  # fmt: skip
-            encoder.classification_head = nn.Identity()  # only its features are read
-            self.trunk_index = TrunkNeighbourIndex(encoder)
+            self.trunk_index = TrunkNeighbourIndex(frozen_trunk_encoder(in_channels, img_size, patch_size, spatial_dims, hidden_size, mlp_dim,
+                                                                        num_layers, num_heads, stem, qkv_bias))  # fmt: skip
         self.set_memory_vote(memory_vote)
         self.register_buffer("memory_fingerprint", torch.tensor(list(bytes.fromhex(self.fingerprint())), dtype=torch.uint8))
 
@@ -363,6 +361,27 @@ class MemoryViT(nn.Module):
             )
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+
+def frozen_trunk_encoder(
+    in_channels: int,
+    img_size: Union[int, Sequence[int]],
+    patch_size: Union[int, Sequence[int]],
+    spatial_dims: int = 2,
+    hidden_size: int = 192,
+    mlp_dim: int = 768,
+    num_layers: int = 6,
+    num_heads: int = 3,
+    stem: str = "patch",
+    qkv_bias: bool = True,
+) -> MemoryViT:
+    """A memory-less MemoryViT that only computes class-token features, for a frozen copy of a pre-trained trunk (the
+    trunk index, the trunk-space case vote); the arguments are a trunk file's settings (``pretraining.TRUNK_SETTINGS``).
+    Its weights are random until the trunk is loaded."""
+    encoder = MemoryViT(in_channels, img_size, patch_size, 2, spatial_dims, hidden_size, mlp_dim, num_layers, num_heads, 0.0, qkv_bias,
+                        memory_blocks=[], memory_mode="off", stem=stem)  # fmt: skip
+    encoder.classification_head = nn.Identity()  # only its features are read
+    return encoder
 
 
 def param_groups(network: nn.Module, lr: float, weight_decay: float, memory_lr_scale: float = 20.0, trunk_lr_scale: float = 1.0) -> List[dict]:

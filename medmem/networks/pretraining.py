@@ -70,6 +70,21 @@ def save_pretrained_trunk(pretrainer: ContrastivePretrainer, path: str | os.Path
     torch_save_atomic({"format": FORMAT, "trunk": pretrainer.trunk_state(), "config": config, "images": int(images), "epochs": int(epochs)}, path)
 
 
+def read_pretrained_trunk(path: str | os.PathLike) -> dict:
+    """The dict :func:`save_pretrained_trunk` wrote (``{"format", "trunk", "config", "images", "epochs"}``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not such a trunk (the message names the file).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no pre-trained trunk there (make one with the bundle's pretrain.json)")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT or "trunk" not in saved or "config" not in saved:
+        raise ValueError(f"{path}: not a medmem pre-trained trunk (format {FORMAT}); got keys {sorted(saved)[:5] if isinstance(saved, dict) else type(saved).__name__}")
+    return saved
+
+
 def load_pretrained_trunk(network: nn.Module, path: str | os.PathLike | None) -> nn.Module:
     """Copy a pre-trained trunk into ``network`` (a MemoryViT) and return it; ``None`` or ``""`` returns it untouched.
 
@@ -80,11 +95,7 @@ def load_pretrained_trunk(network: nn.Module, path: str | os.PathLike | None) ->
     """
     if path is None or str(path) == "":
         return network
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no pre-trained trunk there (make one with the bundle's pretrain.json)")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT or "trunk" not in saved:
-        raise ValueError(f"{path}: not a medmem pre-trained trunk (format {FORMAT}); got keys {sorted(saved)[:5] if isinstance(saved, dict) else type(saved).__name__}")
+    saved = read_pretrained_trunk(path)
     mine = getattr(network, "config", None)
     if not isinstance(mine, dict) or "stem" not in mine:
         raise ValueError(f"{path}: a pre-trained trunk loads into a MemoryViT, not a {type(network).__name__}")

@@ -14,7 +14,8 @@ import threading
 
 import torch
 
-from medmem.engine.batch_predict import pixel_case_rows
+from medmem.engine.batch_predict import voted_case_rows
+from medmem.engine.case_vote import CASE_EVIDENCE_KEYS
 from medmem.memory.editing import ModelDirectory
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class MemoryModel:
     def predict(self, image_path: str, top_cases: int = 5) -> dict:
         """Probabilities, evidence (similar memory cases with classes, familiarity, reliance) for one image. With a case
         vote in the model directory (``case_vote.pt``) the probabilities are fused with it at its validated weight and
-        ``pixel_similar_cases`` lists the cases nearest in pixels that voted (labels saved here included)."""
+        ``pixel_similar_cases`` (or ``trunk_similar_cases``, for a vote in the pre-trained trunk's features) lists the
+        cases nearest in its space that voted (labels saved here included)."""
         with self.lock:
             md = self.current()
             x = md.transforms({"image": image_path})["image"].float()[None]
@@ -66,11 +68,12 @@ class MemoryModel:
                 ev = layer.evidence
             finally:
                 layer.record_evidence = False
-            pixel_cases: list[dict] = []
+            voted = {key: [] for key in CASE_EVIDENCE_KEYS}
             if md.case_vote is not None:
                 found = md.case_vote.nearest(x)
                 probs = md.case_vote.fuse_found(probs[None], *found)[0]
-                pixel_cases = pixel_case_rows(md.case_vote, md.case_vote_cases, *found, top_cases)[0]
+                cases = voted_case_rows(md.case_vote, md.case_vote_cases, *found, top_cases)[0]
+                voted[md.case_vote.evidence_key] = [{"case_id": c["case"], "class": c["class"], "cosine": c["cosine"]} for c in cases]
             weights = ev["weights"][0].mean(0)  # (k,) averaged over heads
             owners = ev["sample_ids"][0, 0, :, 0]  # (k,) first head's neighbours
             similar = []
@@ -83,7 +86,7 @@ class MemoryModel:
                 "familiarity": float(ev["familiarity"][0]),
                 "memory_reliance": float(ev["reliance"][0]),
                 "similar_cases": similar,
-                "pixel_similar_cases": [{"case_id": c["case"], "class": c["class"], "cosine": c["cosine"]} for c in pixel_cases],
+                **voted,
                 "memory_samples": md.memory.num_written,
             }
 
