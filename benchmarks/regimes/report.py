@@ -54,7 +54,9 @@ HEADINGS = {
                   "reads the memory entries of its 10 nearest training images in a frozen copy of the trunk (`memory_retrieval trunk`, "
                   "their trunk cosine as a learned score bias), `_trl` with the neighbours' class embeddings in the read "
                   "(`memory_labels`), `_nv` without the label vote, `_tr_vs` the read feeding only the vote, trained by its own loss; `*_trunkvote` a fine-tuned plain ViT fused with a k-NN vote "
-                  "(k = 10) in the frozen trunk, its weight chosen on validation (no memory inside the network)."),
+                  "(k = 10) in the frozen trunk, its weight chosen on validation (no memory inside the network). Session 20: `*_trunkvotep` "
+                  "the same with the distance power of its neighbour weights chosen on validation too: the bundle's trunk-space case vote "
+                  "(`case_vote.json --case_vote_space trunk`) as it ships; `*_trunkvote` rows since session 20 are made by the same class at power 1."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -82,7 +84,8 @@ DATASET_NOTES = {
 # validation (``*_pixp``), the pixel read with a learned pixel bias (``_pb``) and re-weighed on validation (``_cr``); session
 # 17's memorizing-transformer read (``movit_cs_tok``); session 18's self-supervised trunk (``*_ssl``, against its own
 # pre-trained plain ViT); session 19's read of the neighbours found in the frozen trunk (``*_tr``), also against the plain
-# network fused with a k-NN vote in that trunk (``*_trunkvote``) and that k-NN alone
+# network fused with a k-NN vote in that trunk (``*_trunkvote``) and that k-NN alone; session 20's trunk-space case vote
+# (``*_trunkvote``, ``*_trunkvotep``: the bundle's, distance power chosen on validation) as the memory, against its own network
 TARGET_MODELS = {
     "regimes_conv_stem": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn"),
                           ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn")],
@@ -102,7 +105,11 @@ TARGET_MODELS = {
                   # the stricter reading (a memory that only adds a nearest-neighbour vote is not the product): the trunk
                   # read against its plain network fused with a k-NN vote in the same frozen trunk, and that k-NN alone
                   ("movit_cs_ssl_t01_tr", "vit_cs_ssl_t01_trunkvote", "ssl_cs_knn"), ("movit_cs_ssl_t01_trl_nv", "vit_cs_ssl_t01_trunkvote", "ssl_cs_knn"),
-                  ("movit_cs_ssl_tr", "vit_cs_ssl_trunkvote", "ssl_cs_knn"), ("movit_cs_ssl10_tr", "vit_cs_ssl10_trunkvote", "ssl_cs_pool10_knn")],
+                  ("movit_cs_ssl_tr", "vit_cs_ssl_trunkvote", "ssl_cs_knn"), ("movit_cs_ssl10_tr", "vit_cs_ssl10_trunkvote", "ssl_cs_pool10_knn"),
+                  # the case memory in the frozen trunk as the product's memory: the fine-tuned plain network with it against without it
+                  ("vit_cs_ssl_t01_trunkvote", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"), ("vit_cs_ssl_t01_trunkvotep", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"),
+                  ("vit_cs_ssl_trunkvote", "vit_cs_ssl", "vit_cs_ssl_knn"), ("vit_cs_ssl_trunkvotep", "vit_cs_ssl", "vit_cs_ssl_knn"),
+                  ("vit_cs_ssl10_trunkvote", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("vit_cs_ssl10_trunkvotep", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
@@ -169,7 +176,7 @@ def jitter_of(recipes: dict, dataset: str, model: str, regime: int) -> str:
     if model.startswith("ssl_") and model.endswith("_knn"):
         return "views only"
     network = model.split("_knn")[0]
-    for suffix in ("_pixp", "_pix", "_tv", "_cr", "_trunkvote"):
+    for suffix in ("_pixp", "_pix", "_tv", "_cr", "_trunkvotep", "_trunkvote"):
         network = network.removesuffix(suffix)
     return recipes.get((dataset, network, regime), "?")
 
