@@ -229,13 +229,18 @@ def test_fine_tuning_transforms_follow_the_card_and_survive_a_save(tmp_path):
     assert json.loads((tmp_path / "xray" / "model.json").read_text())["augmentation"] == {"rotate90": False, "intensity": True}
 
 
-def test_the_case_vote_follows_every_edit_and_an_unnamed_one_refuses_them(tmp_path):
+@pytest.mark.parametrize("space", ["pixels", "trunk"])
+def test_the_case_vote_follows_every_edit_and_an_unnamed_one_refuses_them(tmp_path, space):
     from medmem.engine.case_vote import load_case_vote_file, save_case_vote
     from medmem.memory.pixel_vote import PixelCaseVote
+    from medmem.memory.trunk_vote import TrunkCaseVote
+    from tests.test_pretraining import pretrained
 
     md = make_model_dir(tmp_path)
     torch.manual_seed(5)
-    vote = PixelCaseVote(3, 1, size=8, k=3).fit(torch.randn(12, 1, 16, 16), torch.arange(12) % 3, torch.arange(12))
+    # pixels: 8-px thumbnails; trunk: the class-token features of a (1-channel, 16-px) pre-trained trunk
+    vote = PixelCaseVote(3, 1, size=8, k=3) if space == "pixels" else TrunkCaseVote.from_trunk_file(pretrained(tmp_path / "trunk")[1], 3, k=3)
+    vote.fit(torch.randn(12, 1, 16, 16), torch.arange(12) % 3, torch.arange(12))
     save_case_vote(vote, {str(i): md.cases[str(i)] for i in range(12)}, tmp_path / "case_vote.pt")
     md = ModelDirectory(tmp_path, user="tester")
     items = new_items(3, label=2)
@@ -257,6 +262,9 @@ def test_the_case_vote_follows_every_edit_and_an_unnamed_one_refuses_them(tmp_pa
     reloaded.case_vote.labels[0] = 1 - reloaded.case_vote.labels[0]
     assert reloaded.checksum() != audit(tmp_path)[-1]["checksum_after"]
 
+    assert type(saved) is type(vote)
+    if space == "trunk":
+        return
     # a case vote whose cases carry no sample ids (fitted before bundle 0.6.0) cannot follow: edits are refused
     torch.save({"config": vote.config, "state_dict": {k: v for k, v in vote.state_dict().items() if k != "sample_ids"}}, tmp_path / "case_vote.pt")
     unnamed = ModelDirectory(tmp_path, user="tester")
