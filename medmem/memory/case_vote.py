@@ -28,7 +28,7 @@ class CaseVote:
     and the distance power. The module's ``__init__`` calls :meth:`_init_vote` after its own."""
 
     bank: torch.Tensor
-    resized_buffers = ("bank", "labels", "sample_ids")
+    resized_buffers = ("bank", "labels", "sample_ids")  # first in the MRO: a checkpoint sizes all three
     evidence_key: str  # the predictions' field that lists the cases behind a vote, named for the space
 
     def _init_vote(self, num_classes: int, k: int) -> None:
