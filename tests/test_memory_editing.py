@@ -263,7 +263,7 @@ def test_the_case_vote_follows_every_edit_and_an_unnamed_one_refuses_them(tmp_pa
     assert reloaded.checksum() != audit(tmp_path)[-1]["checksum_after"]
 
     assert type(saved) is type(vote)
-    if space == "trunk":
+    if space == "trunk":  # case votes without sample ids predate the trunk space (bundle 0.9.0)
         return
     # a case vote whose cases carry no sample ids (fitted before bundle 0.6.0) cannot follow: edits are refused
     torch.save({"config": vote.config, "state_dict": {k: v for k, v in vote.state_dict().items() if k != "sample_ids"}}, tmp_path / "case_vote.pt")
