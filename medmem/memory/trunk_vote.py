@@ -1,11 +1,10 @@
 """A memory of the training images in a frozen self-supervised trunk's features whose nearest cases vote with their labels.
 
 Why: with a trunk pre-trained without labels on the site's images (bundle ``pretrain.json``), a network fine-tuned from it
-and fused with a k-NN vote in the frozen trunk's features was the best small-data classifier of the regime study that a
-network takes part in (docs/design.md, Session 19: brain MRI 1% 0.557 / 0.827 against the fine-tuned plain ViT's 0.498 /
-0.764, LC25000 1% 0.868 / 0.978 against 0.851 / 0.946), and a memory read inside attention added nothing to that vote. The
-trunk's features were formed before any label was fitted, so a training image's neighbours there are found as a new
-image's are.
+gains when fused with a k-NN vote in the frozen trunk's features (docs/design.md, Sessions 19-20; e.g. brain MRI 1% 0.557 /
+0.827 against the fine-tuned plain ViT's 0.498 / 0.764, LC25000 1% 0.868 / 0.978 against 0.851 / 0.946), and a memory read
+inside attention added nothing to that vote. The trunk's features were formed before any label was fitted, so a training
+image's neighbours there are found as a new image's are.
 
 ``TrunkCaseVote`` keeps a frozen copy of the trunk (never trained, always in eval mode) and one unit-norm class-token
 feature vector per training image with its label; the vote, its distance weights and its calibration on held-out cases
