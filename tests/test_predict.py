@@ -203,7 +203,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(deployable, mixed_fold
         assert (killed / name).read_text() == (whole / name).read_text()
 
 
-def test_case_vote_fuses_at_its_weight_and_names_the_training_cases_that_voted(deployable, mixed_folder, tmp_path):
+def predict_with_a_fitted_vote(deployable: Path, folder: Path, tmp_path: Path, **fit_settings) -> tuple:
+    """Fit a case vote on 12 random training images (sample ids 100-111, classes a/b/c) against the deployable, fuse it
+    half and half, predict ``folder`` with it. Returns the row of ``cell.jpg``, that image as the model reads it, the
+    network, the vote, the ids, the output folder and the fitting report."""
     from medmem.engine.batch_predict import Study, StudyLoader, load_deployable
     from medmem.engine.case_vote import fit_case_vote, load_case_vote_file
 
@@ -212,20 +215,26 @@ def test_case_vote_fuses_at_its_weight_and_names_the_training_cases_that_voted(d
     network, card = load_deployable(str(deployable))
     datalist = [{"sample_id": int(i), "label": int(c), "case_id": f"train/case_{int(i)}.png"} for i, c in zip(ids, y)]
     path = tmp_path / "case_vote.pt"
-    fit_case_vote(network, str(deployable), [{"image": x, "label": y, "sample_id": ids}], [{"image": x[:6], "label": y[:6]}],
-                  str(path), str(tmp_path / "report.json"), k=4, size=8, class_names=["a", "b", "c"], training_datalist=datalist)  # fmt: skip
+    report = fit_case_vote(network, str(deployable), [{"image": x, "label": y, "sample_id": ids}], [{"image": x[:6], "label": y[:6]}],
+                           str(path), str(tmp_path / "report.json"), k=4, class_names=["a", "b", "c"], training_datalist=datalist,
+                           **fit_settings)  # fmt: skip
     saved = torch.load(path, weights_only=True)
     saved["state_dict"]["weight"].fill_(0.5)  # whatever validation chose: fuse half and half
     torch.save(saved, path)
     vote, _ = load_case_vote_file(str(path))
-
     out = tmp_path / "out"
-    run_prediction([str(mixed_folder)], str(deployable), str(out), case_vote=str(path), top_cases=3)
+    run_prediction([str(folder)], str(deployable), str(out), case_vote=str(path), top_cases=3)
     row = next(json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if json.loads(line)["input"] == "cell.jpg")
-    image = StudyLoader(card["network"]["img_size"], 1, 2).load(Study("cell.jpg", str(mixed_folder / "cell.jpg")))[None]
+    image = StudyLoader(card["network"]["img_size"], 1, 2).load(Study("cell.jpg", str(folder / "cell.jpg")))[None]
     with torch.no_grad():
         by_hand = 0.5 * network(image).softmax(-1) + 0.5 * vote.vote(image)
     assert [row["probabilities"][c] for c in "abc"] == pytest.approx(by_hand[0].tolist(), abs=1e-5)
+    return row, image, network, vote, ids, out, report
+
+
+def test_case_vote_fuses_at_its_weight_and_names_the_training_cases_that_voted(deployable, mixed_folder, tmp_path):
+    row, image, network, vote, ids, out, _ = predict_with_a_fitted_vote(deployable, mixed_folder, tmp_path, size=8)
+    by_hand = torch.tensor([row["probabilities"][c] for c in "abc"])[None]
     assert not torch.allclose(by_hand, network(image).softmax(-1).detach(), atol=1e-3)  # the vote moved it
     nearest, cosines = vote.nearest(image)
     assert [c["sample_id"] for c in row["pixel_similar_cases"]] == (ids[nearest[0, :3]]).tolist()
@@ -242,6 +251,7 @@ def test_case_vote_fuses_at_its_weight_and_names_the_training_cases_that_voted(d
     torch.save({"config": {"num_classes": 3, "in_channels": 3, "size": 8, "k": 4}, "state_dict": rgb.state_dict()}, tmp_path / "rgb.pt")
     with pytest.raises(ValueError, match=r"rgb\.pt: this case vote was fitted for 3-channel images"):
         run_prediction([str(mixed_folder)], str(deployable), str(tmp_path / "x"), case_vote=str(tmp_path / "rgb.pt"))
+    saved = torch.load(tmp_path / "case_vote.pt", weights_only=True)
     saved["config"]["in_channels"] = 3  # a file whose settings do not fit its contents
     torch.save(saved, tmp_path / "broken.pt")
     with pytest.raises(ValueError, match=r"broken\.pt: not a case vote"):
@@ -249,32 +259,11 @@ def test_case_vote_fuses_at_its_weight_and_names_the_training_cases_that_voted(d
 
 
 def test_a_trunk_space_case_vote_fuses_and_lists_its_cases_under_their_own_field(deployable, mixed_folder, tmp_path):
-    from medmem.engine.batch_predict import Study, StudyLoader, load_deployable
-    from medmem.engine.case_vote import fit_case_vote, load_case_vote_file
     from tests.test_pretraining import pretrained
 
     _, trunk = pretrained(tmp_path)  # 1-channel, 16 px: the deployable's input
-    torch.manual_seed(1)
-    x, y, ids = torch.rand(12, 1, 16, 16), torch.arange(12) % 3, torch.arange(12) + 100
-    network, card = load_deployable(str(deployable))
-    datalist = [{"sample_id": int(i), "label": int(c), "case_id": f"train/case_{int(i)}.png"} for i, c in zip(ids, y)]
-    path = tmp_path / "case_vote.pt"
-    report = fit_case_vote(network, str(deployable), [{"image": x, "label": y, "sample_id": ids}], [{"image": x[:6], "label": y[:6]}],
-                           str(path), str(tmp_path / "report.json"), k=4, class_names=["a", "b", "c"], training_datalist=datalist,
-                           space="trunk", pretrained_trunk=str(trunk))  # fmt: skip
+    row, image, _, vote, ids, out, report = predict_with_a_fitted_vote(deployable, mixed_folder, tmp_path, space="trunk", pretrained_trunk=str(trunk))
     assert report["space"] == "trunk" and report["pretrained_trunk"] == str(trunk)
-    saved = torch.load(path, weights_only=True)
-    saved["state_dict"]["weight"].fill_(0.5)
-    torch.save(saved, path)
-    vote, _ = load_case_vote_file(str(path))
-
-    out = tmp_path / "out"
-    run_prediction([str(mixed_folder)], str(deployable), str(out), case_vote=str(path), top_cases=3)
-    row = next(json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if json.loads(line)["input"] == "cell.jpg")
-    image = StudyLoader(card["network"]["img_size"], 1, 2).load(Study("cell.jpg", str(mixed_folder / "cell.jpg")))[None]
-    with torch.no_grad():
-        by_hand = 0.5 * network(image).softmax(-1) + 0.5 * vote.vote(image)
-    assert [row["probabilities"][c] for c in "abc"] == pytest.approx(by_hand[0].tolist(), abs=1e-5)
     nearest, cosines = vote.nearest(image)
     assert [c["sample_id"] for c in row["trunk_similar_cases"]] == (ids[nearest[0, :3]]).tolist() and row["pixel_similar_cases"] == []
     assert [c["cosine"] for c in row["trunk_similar_cases"]] == pytest.approx(cosines[0, :3].tolist(), abs=1e-4)
