@@ -48,8 +48,10 @@ def test_calibration_takes_a_useful_vote_and_a_saved_vote_brings_its_trunk(tmp_p
 
 def test_a_trunk_vote_without_a_trunk_or_for_other_images_is_refused_with_the_reason(tmp_path):
     _, path = pretrained(tmp_path)
+    unloaded = TrunkCaseVote(3, dict(SMALL))  # built from settings alone (img_size 16, an int): no trunk weights
+    assert unloaded.img_size == [16, 16]
     with pytest.raises(ValueError, match="from_trunk_file"):
-        TrunkCaseVote(3, dict(SMALL)).fit(images(4), torch.arange(4) % 3)
+        unloaded.fit(images(4), torch.arange(4) % 3)
     vote = TrunkCaseVote.from_trunk_file(path, num_classes=3).fit(images(4), torch.arange(4) % 3)
     with pytest.raises(ValueError, match=r"\(B, 1, 16, 16\).*got \(2, 1, 32, 32\)"):
         vote.vote(torch.rand(2, 1, 32, 32))

@@ -74,8 +74,9 @@ class TrunkCaseVote(CaseVote, TrunkFeatures):
 
     @property
     def img_size(self) -> list:
-        """The input size the trunk was pre-trained at (a list, as ``MemoryViT.config`` keeps it)."""
-        return list(self.trunk_config["img_size"])
+        """The input size the trunk was pre-trained at (a list, as ``MemoryViT.config`` keeps it; an int is per axis)."""
+        size = self.trunk_config["img_size"]
+        return list(size) if isinstance(size, (list, tuple)) else [int(size)] * int(self.trunk_config.get("spatial_dims", 2))
 
     @property
     def config(self) -> dict:
