@@ -263,7 +263,7 @@ def test_a_trunk_space_case_vote_fuses_and_lists_its_cases_under_their_own_field
 
     _, trunk = pretrained(tmp_path)  # 1-channel, 16 px: the deployable's input
     row, image, _, vote, ids, out, report = predict_with_a_fitted_vote(deployable, mixed_folder, tmp_path, space="trunk", pretrained_trunk=str(trunk))
-    assert report["space"] == "trunk" and report["pretrained_trunk"] == str(trunk)
+    assert report["space"] == "trunk" and report["pretrained_trunk"] == str(trunk) and report["size"] is None
     nearest, cosines = vote.nearest(image)
     assert [c["sample_id"] for c in row["trunk_similar_cases"]] == (ids[nearest[0, :3]]).tolist() and row["pixel_similar_cases"] == []
     assert [c["cosine"] for c in row["trunk_similar_cases"]] == pytest.approx(cosines[0, :3].tolist(), abs=1e-4)
