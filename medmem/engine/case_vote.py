@@ -24,7 +24,7 @@ from medmem.memory.pixel_vote import PixelCaseVote
 from medmem.memory.trunk_vote import TrunkCaseVote
 
 # where the stored cases are compared: the class that stores them, by the name case_vote.pt records
-CASE_VOTE_SPACES = {"pixels": PixelCaseVote, "trunk": TrunkCaseVote}
+CASE_VOTE_SPACES = {kind.space: kind for kind in (PixelCaseVote, TrunkCaseVote)}
 # the prediction fields that list the training cases behind a case vote, one per space (empty but for the vote's own)
 CASE_EVIDENCE_KEYS = tuple(kind.evidence_key for kind in CASE_VOTE_SPACES.values())
 
@@ -88,14 +88,9 @@ def new_case_vote(space: str, num_classes: int, in_channels: int, k: int, size: 
     return vote
 
 
-def space_of(vote: CaseVote) -> str:
-    """The ``CASE_VOTE_SPACES`` name of a case vote."""
-    return next(name for name, kind in CASE_VOTE_SPACES.items() if isinstance(vote, kind))
-
-
 def save_case_vote(vote: CaseVote, cases: dict[str, dict], path: str | os.PathLike) -> None:
     """Write a case vote, its space and its named cases (``{sample_id: {case_id, label, source}}``) atomically."""
-    torch_save_atomic({"space": space_of(vote), "config": vote.config, "state_dict": vote.state_dict(), "cases": cases}, path)
+    torch_save_atomic({"space": vote.space, "config": vote.config, "state_dict": vote.state_dict(), "cases": cases}, path)
 
 
 def load_case_vote_file(path: str) -> tuple[CaseVote, dict[str, dict]]:

@@ -29,6 +29,7 @@ class CaseVote:
 
     bank: torch.Tensor
     resized_buffers = ("bank", "labels", "sample_ids")  # first in the MRO: a checkpoint sizes all three
+    space: str  # where cases are compared: the name case_vote.pt records (bundle case_vote_space)
     evidence_key: str  # the predictions' field that lists the cases behind a vote, named for the space
 
     def _init_vote(self, num_classes: int, k: int) -> None:

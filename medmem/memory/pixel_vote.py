@@ -25,6 +25,7 @@ class PixelCaseVote(CaseVote, PixelThumbnails):
     """k-NN vote of stored training thumbnails (bank (N, C * size * size), labels (N,), sample ids (N,), -1 where not
     given) for images (B, C, H, W); the sample ids name the cases behind a vote (``nearest``)."""
 
+    space = "pixels"
     evidence_key = "pixel_similar_cases"  # where predictions list the cases that voted
 
     def __init__(self, num_classes: int, in_channels: int, size: int = 28, k: int = 10) -> None:

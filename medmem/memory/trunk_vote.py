@@ -35,6 +35,7 @@ class TrunkCaseVote(CaseVote, TrunkFeatures):
         k: neighbours per vote.
     """
 
+    space = "trunk"
     evidence_key = "trunk_similar_cases"  # where predictions list the cases that voted
     trunk_hint = "build it with TrunkCaseVote.from_trunk_file (bundle case_vote.json with case_vote_space 'trunk' and pretrained_trunk)"
 
