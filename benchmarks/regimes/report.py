@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -57,6 +58,14 @@ HEADINGS = {
                   "(k = 10) in the frozen trunk, its weight chosen on validation (no memory inside the network). Session 20: `*_trunkvotep` "
                   "the same with the distance power of its neighbour weights chosen on validation too: the bundle's trunk-space case vote "
                   "(`case_vote.json --case_vote_space trunk`) as it ships; `*_trunkvote` rows since session 20 are made by the same class at power 1."),
+    "trunk_vote_scratch": ("The trunk-space case vote fused with networks trained from scratch", "Session 21: `vit_cs` / `movit_cs` "
+                           "retrained from scratch (geometry-only conv-stem recipe; their session-14 runs are no longer on disk, so "
+                           "these are new runs, not the rows of [case_vote.md](case_vote.md) or "
+                           "[regimes_conv_stem.md](regimes_conv_stem.md)); `vit_cs_knn` the k-NN on the new `vit_cs`; "
+                           "`*_trunkvotep_cs` the same trained network fused with the bundle's trunk-space case vote "
+                           "(`case_vote.json --case_vote_space trunk`) in the frozen features of the dataset's self-supervised trunk "
+                           "(`cs`: every training-split image, 30 epochs, labels unread), weight and distance power chosen on validation. "
+                           "No network here was fine-tuned from the trunk: the vote is the only thing the trunk adds."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -110,6 +119,9 @@ TARGET_MODELS = {
                   ("vit_cs_ssl_t01_trunkvote", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"), ("vit_cs_ssl_t01_trunkvotep", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"),
                   ("vit_cs_ssl_trunkvote", "vit_cs_ssl", "vit_cs_ssl_knn"), ("vit_cs_ssl_trunkvotep", "vit_cs_ssl", "vit_cs_ssl_knn"),
                   ("vit_cs_ssl10_trunkvote", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("vit_cs_ssl10_trunkvotep", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
+    # session 21: the trunk case vote fused with networks trained from scratch, against the plain one
+    "trunk_vote_scratch": [("movit_cs", "vit_cs", "vit_cs_knn"), ("vit_cs_trunkvotep_cs", "vit_cs", "vit_cs_knn"),
+                           ("movit_cs_trunkvotep_cs", "vit_cs", "vit_cs_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
@@ -175,8 +187,8 @@ def jitter_of(recipes: dict, dataset: str, model: str, regime: int) -> str:
         return "none"
     if model.startswith("ssl_") and model.endswith("_knn"):
         return "views only"
-    network = model.split("_knn")[0]
-    for suffix in ("_pixp", "_pix", "_tv", "_cr", "_trunkvotep", "_trunkvote"):
+    network = re.sub(r"_trunkvotep?(_.+)?$", "", model.split("_knn")[0])  # the vote's trunk recipe, if named, is not the network's
+    for suffix in ("_pixp", "_pix", "_tv", "_cr"):
         network = network.removesuffix(suffix)
     return recipes.get((dataset, network, regime), "?")
 

@@ -17,7 +17,9 @@ does since 0.6.0); ``pixel_knn`` (no network: that pixel-space vote alone); ``<n
 pre-trained without labels, bundle pretrain.json) and ``ssl_cs_knn`` (k-NN on that trunk's features, no fine-tuning); ``<network>_tv`` / ``<network>_cr`` (a trained
 memory network's vote weight, or its pixel or trunk read's scalars and vote weight, re-chosen on validation);
 ``movit_cs_ssl*_tr`` (the class token reads the training images nearest in the frozen trunk, ``memory_retrieval
-"trunk"``) and ``<network>_trunkvote`` (a fine-tuned network fused with a k-NN vote in that frozen trunk). Post-hoc rows train
+"trunk"``) and ``<network>_trunkvote`` (a fine-tuned network fused with a k-NN vote in that frozen trunk;
+``_trunkvotep``: the distance power chosen on validation too; ``<network>_trunkvotep_<recipe>``: any trained network, e.g.
+one trained from scratch, fused with the vote in the trunk ``PRETRAIN[recipe]``). Post-hoc rows train
 nothing; they read the finished run of their network. Within a regime all networks get the same steps, schedule and
 augmentation; model selection uses validation only and the test split is read once per row.
 """
@@ -28,10 +30,12 @@ import argparse
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "movit_classification"
@@ -424,35 +428,46 @@ def run_pretrained_knn_cell(dataset: str, regime: int, runs: Path, manifest: dic
     return post_hoc_row(feature_knn_probabilities(net, xtr, ytr, xte, len(manifest["classes"])), yte, manifest, len(ytr), start)
 
 
-def trunk_vote_network(model: str) -> str | None:
-    """``vit_cs_ssl_t01_trunkvote`` / ``_trunkvotep`` -> ``vit_cs_ssl_t01``: a network fine-tuned from a pre-trained trunk,
-    fused with a k-NN vote in that trunk's frozen features."""
-    for suffix in ("_trunkvote", "_trunkvotep"):
-        base = model.removesuffix(suffix)
-        if model.endswith(suffix) and "pretrain" in NETWORKS.get(base, {}):
-            return base
-    return None
+class TrunkVoteCell(NamedTuple):
+    """What a ``*_trunkvote*`` model name asks for: the trained network, the trunk recipe whose frozen features the vote
+    compares cases in, and whether the distance power is chosen on validation too (``_trunkvotep``)."""
+
+    network: str
+    recipe: str
+    power_grid: bool
 
 
-def run_trunk_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, network: str, powers=(1.0,)) -> dict:
-    """The trained ``network`` fused with the bundle's trunk-space case vote (``medmem.memory.trunk_vote.TrunkCaseVote``,
-    ``case_vote.json --case_vote_space trunk``: k = 10, cosine, distance-weighted) on the frozen features of the trunk it
-    was fine-tuned from, ``(1 - w) * softmax + w * vote`` with w (and, from ``powers``, the distance power) chosen on the
-    validation split; the test split is scored once. No training and no memory inside the network: the reference that
+def trunk_vote_cell(model: str) -> TrunkVoteCell | None:
+    """``vit_cs_ssl_t01_trunkvote`` / ``_trunkvotep`` -> ``vit_cs_ssl_t01`` fused with a k-NN vote in the frozen features
+    of the trunk it was fine-tuned from (``cs``). ``movit_cs_trunkvotep_cs`` -> any trained network (here one trained from
+    scratch, session 21) fused with the vote in the dataset's trunk pre-trained by ``PRETRAIN["cs"]``."""
+    match = re.fullmatch(r"(?P<network>.+?)_trunkvote(?P<p>p?)(?:_(?P<recipe>.+))?", model)
+    if not match or match["network"] not in NETWORKS:
+        return None
+    recipe = match["recipe"] or NETWORKS[match["network"]].get("pretrain")
+    return TrunkVoteCell(match["network"], recipe, bool(match["p"])) if recipe in PRETRAIN else None
+
+
+def run_trunk_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, cell: TrunkVoteCell) -> dict:
+    """The trained ``cell.network`` fused with the bundle's trunk-space case vote (``medmem.memory.trunk_vote.TrunkCaseVote``,
+    ``case_vote.json --case_vote_space trunk``: k = 10, cosine, distance-weighted) on the frozen features of the trunk
+    ``PRETRAIN[cell.recipe]``, ``(1 - w) * softmax + w * vote`` with w (and, with ``cell.power_grid``, the distance power)
+    chosen on the validation split; the test split is scored once. No training and no memory inside the network: the reference that
     tells what a memory read in the trunk's space (``movit_cs_ssl*_tr``) adds beyond a nearest-neighbour vote there.
     ``_trunkvote`` rows: power 1 (scikit-learn's distance weights, session 19); ``_trunkvotep``: the bundle's power grid."""
     import torch
 
+    from medmem.memory.case_vote import DISTANCE_POWER_GRID
     from medmem.memory.trunk_vote import TrunkCaseVote
 
     start = time.time()
     cfg = DATASETS[dataset]
-    net = load_trained(dataset, network, regime, seed, runs, manifest)
-    trunk = pretrained_trunk(dataset, NETWORKS[network]["pretrain"], runs)
+    net = load_trained(dataset, cell.network, regime, seed, runs, manifest)
+    trunk = pretrained_trunk(dataset, cell.recipe, runs)
     xtr, ytr = load_arrays(dataset, "training", regime, cfg["image_size"], cfg["in_channels"])
     (xva, yva), (xte, yte) = (load_arrays(dataset, split, None, cfg["image_size"], cfg["in_channels"]) for split in ("validation", "test"))
     vote = TrunkCaseVote.from_trunk_file(trunk, len(manifest["classes"]), k=10).fit(xtr, torch.as_tensor(ytr))
-    vote.calibrate(probabilities(net, xva), xva, torch.as_tensor(yva), powers=powers)
+    vote.calibrate(probabilities(net, xva), xva, torch.as_tensor(yva), powers=DISTANCE_POWER_GRID if cell.power_grid else (1.0,))
     print(f"    trunk vote weight chosen on validation: {float(vote.weight):.1f}, distance power {float(vote.power)}", flush=True)
     return post_hoc_row(vote(probabilities(net, xte), xte).numpy(), yte, manifest, len(ytr), start)
 
@@ -609,11 +624,8 @@ def main() -> None:
                 elif knn_plain_network(model):
                     fuse = 0.5 if model.endswith("_vote") else 0.0
                     result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest, fuse=fuse, plain=knn_plain_network(model))
-                elif trunk_vote_network(model):
-                    from medmem.memory.case_vote import DISTANCE_POWER_GRID
-
-                    powers = DISTANCE_POWER_GRID if model.endswith("_trunkvotep") else (1.0,)
-                    result = run_trunk_vote_cell(args.dataset, regime, seed, runs, manifest, trunk_vote_network(model), powers)
+                elif trunk_vote_cell(model):
+                    result = run_trunk_vote_cell(args.dataset, regime, seed, runs, manifest, trunk_vote_cell(model))
                 elif calibrated_read_network(model):
                     result = run_calibrated_read_cell(args.dataset, regime, seed, runs, manifest, calibrated_read_network(model))
                 elif tuned_vote_network(model):
