@@ -66,7 +66,9 @@ TRUNK_READ = {**MOVIT, "stem": "conv", "pretrain": "cs", "memory_retrieval": "tr
 # one trunk per dataset (seed 0) shared by the fine-tuning seeds, so their spread leaves out the pre-training's own
 PRETRAIN = {"cs": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30},
             # the 10% subset only (which holds the 1% and 3% ones): for the large training splits (LC25000, PBC) on this CPU
-            "cs_pool10": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30, "pretrain_regime": 10}}
+            "cs_pool10": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30, "pretrain_regime": 10},
+            # session 21: every training-split image for 5 epochs (PBC: 470 steps against cs_pool10's 270, ten times the images)
+            "cs_all5": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 5}}
 NETWORKS = {
     "vit": {"memory_mode": "off"},
     "movit": MOVIT,
