@@ -29,7 +29,11 @@ HEADINGS = {
     "regimes_conv_stem": ("Data-regime study with the convolutional stem (the bundle default): results so far",
                           "`vit_cs` / `movit_cs` are the plain and memory ViT with `stem: conv`; `vit_cs_knn` (`_vote`) the k-NN "
                           "references over `vit_cs`'s class-token features. The stem-independent references (pixel `logreg`, "
-                          "MONAI ResNet-18) are in [regimes.md](regimes.md)."),
+                          "MONAI ResNet-18) are in [regimes.md](regimes.md). `*_pix` / `*_pixp`: the trained network fused with the "
+                          "pixel-space case vote (sessions 14 and 16); `*_trunkvotep_cs` (session 21): fused with the bundle's trunk-space "
+                          "case vote (`case_vote.json --case_vote_space trunk`) in the frozen features of the dataset's self-supervised "
+                          "trunk `cs` (every training-split image, 30 epochs, labels unread; [case_vote.md](case_vote.md)), weight and "
+                          "distance power chosen on validation: no network here was fine-tuned from the trunk."),
     "ablations": ("Memory design ablations: results so far", "Each row changes one setting of the memory ViT it is named after: "
                   "`movit_*` of the patch-stem `movit` (reference rows in [regimes.md](regimes.md)), `movit_cs_*` of the "
                   "conv-stem `movit_cs` (reference rows `movit_cs` / `vit_cs` in [regimes_conv_stem.md](regimes_conv_stem.md))."),
@@ -58,14 +62,6 @@ HEADINGS = {
                   "(k = 10) in the frozen trunk, its weight chosen on validation (no memory inside the network). Session 20: `*_trunkvotep` "
                   "the same with the distance power of its neighbour weights chosen on validation too: the bundle's trunk-space case vote "
                   "(`case_vote.json --case_vote_space trunk`) as it ships; `*_trunkvote` rows since session 20 are made by the same class at power 1."),
-    "trunk_vote_scratch": ("The trunk-space case vote fused with networks trained from scratch", "Session 21: `vit_cs` / `movit_cs` "
-                           "retrained from scratch (geometry-only conv-stem recipe; their session-14 runs are no longer on disk, so "
-                           "these are new runs, not the rows of [case_vote.md](case_vote.md) or "
-                           "[regimes_conv_stem.md](regimes_conv_stem.md)); `vit_cs_knn` the k-NN on the new `vit_cs`; "
-                           "`*_trunkvotep_cs` the same trained network fused with the bundle's trunk-space case vote "
-                           "(`case_vote.json --case_vote_space trunk`) in the frozen features of the dataset's self-supervised trunk "
-                           "(`cs`: every training-split image, 30 epochs, labels unread), weight and distance power chosen on validation. "
-                           "No network here was fine-tuned from the trunk: the vote is the only thing the trunk adds."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -97,7 +93,9 @@ DATASET_NOTES = {
 # (``*_trunkvote``, ``*_trunkvotep``: the bundle's, distance power chosen on validation) as the memory, against its own network
 TARGET_MODELS = {
     "regimes_conv_stem": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn"),
-                          ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn")],
+                          ("movit_cs_pixp", "vit_cs", "vit_cs_knn"), ("vit_cs_pixp", "vit_cs", "vit_cs_knn"),
+                          # session 21: the trunk-space case vote (trunk ``cs``) fused with the networks trained from scratch
+                          ("vit_cs_trunkvotep_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_trunkvotep_cs", "vit_cs", "vit_cs_knn")],
     "regimes": [("movit", "vit", "vit_knn")],
     "case_vote": [("movit_cs", "vit_cs", "vit_cs_knn"), ("movit_cs_pix", "vit_cs", "vit_cs_knn"), ("vit_cs_pix", "vit_cs", "vit_cs_knn"),
                   ("movit_cs_px", "vit_cs", "vit_cs_knn"), ("movit_cs_px_pix", "vit_cs", "vit_cs_knn"), ("movit_cs_px_vs", "vit_cs", "vit_cs_knn"),
@@ -119,9 +117,6 @@ TARGET_MODELS = {
                   ("vit_cs_ssl_t01_trunkvote", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"), ("vit_cs_ssl_t01_trunkvotep", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"),
                   ("vit_cs_ssl_trunkvote", "vit_cs_ssl", "vit_cs_ssl_knn"), ("vit_cs_ssl_trunkvotep", "vit_cs_ssl", "vit_cs_ssl_knn"),
                   ("vit_cs_ssl10_trunkvote", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("vit_cs_ssl10_trunkvotep", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
-    # session 21: the trunk case vote fused with networks trained from scratch, against the plain one
-    "trunk_vote_scratch": [("movit_cs", "vit_cs", "vit_cs_knn"), ("vit_cs_trunkvotep_cs", "vit_cs", "vit_cs_knn"),
-                           ("movit_cs_trunkvotep_cs", "vit_cs", "vit_cs_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
