@@ -155,6 +155,8 @@ NETWORKS = {
     # ... pre-trained on the 10% subset only (LC25000's 11,303 images are too many for this CPU)
     "vit_cs_ssl10": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10"},
     "movit_cs_ssl10": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10"},
+    # session 21: PBC's trunk from every training-split image (5 epochs): is the 10%-subset trunk weak for lack of images?
+    "vit_cs_ssl_all5": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5"},
     # session 19: the class token reads the memory entries of the k training images nearest in a frozen copy of the
     # self-supervised trunk (medmem.memory.trunk_index), where a k-NN beat every fine-tuned network at brain MRI 1%, while
     # the network fine-tunes; their trunk cosine biases the read (pixel_bias); k = 10 as the feature k-NN references
