@@ -61,7 +61,9 @@ HEADINGS = {
                   "(`memory_labels`), `_nv` without the label vote, `_tr_vs` the read feeding only the vote, trained by its own loss; `*_trunkvote` a fine-tuned plain ViT fused with a k-NN vote "
                   "(k = 10) in the frozen trunk, its weight chosen on validation (no memory inside the network). Session 20: `*_trunkvotep` "
                   "the same with the distance power of its neighbour weights chosen on validation too: the bundle's trunk-space case vote "
-                  "(`case_vote.json --case_vote_space trunk`) as it ships; `*_trunkvote` rows since session 20 are made by the same class at power 1."),
+                  "(`case_vote.json --case_vote_space trunk`) as it ships; `*_trunkvote` rows since session 20 are made by the same class at power 1. "
+                  "Session 21: `ssl_cs_all5_knn` / `vit_cs_ssl_all5` the k-NN on, and the plain ViT fine-tuned from, a trunk pre-trained on "
+                  "every training-split image for 5 epochs (`cs_all5`) instead of the 10% subset for 30."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -116,7 +118,8 @@ TARGET_MODELS = {
                   # the case memory in the frozen trunk as the product's memory: the fine-tuned plain network with it against without it
                   ("vit_cs_ssl_t01_trunkvote", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"), ("vit_cs_ssl_t01_trunkvotep", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"),
                   ("vit_cs_ssl_trunkvote", "vit_cs_ssl", "vit_cs_ssl_knn"), ("vit_cs_ssl_trunkvotep", "vit_cs_ssl", "vit_cs_ssl_knn"),
-                  ("vit_cs_ssl10_trunkvote", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("vit_cs_ssl10_trunkvotep", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
+                  ("vit_cs_ssl10_trunkvote", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("vit_cs_ssl10_trunkvotep", "vit_cs_ssl10", "vit_cs_ssl10_knn"),
+                  ("vit_cs_ssl_all5_trunkvotep", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
