@@ -67,7 +67,7 @@ TRUNK_READ = {**MOVIT, "stem": "conv", "pretrain": "cs", "memory_retrieval": "tr
 PRETRAIN = {"cs": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30},
             # the 10% subset only (which holds the 1% and 3% ones): for the large training splits (LC25000, PBC) on this CPU
             "cs_pool10": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30, "pretrain_regime": 10},
-            # session 21: every training-split image for 5 epochs (PBC: 470 steps against cs_pool10's 270, ten times the images)
+            # session 21: every training-split image for 5 epochs (PBC: 465 steps against cs_pool10's 270, ten times the images)
             "cs_all5": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 5}}
 NETWORKS = {
     "vit": {"memory_mode": "off"},
