@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
-import re
 import statistics
 import sys
 from collections import defaultdict
@@ -185,7 +184,10 @@ def jitter_of(recipes: dict, dataset: str, model: str, regime: int) -> str:
         return "none"
     if model.startswith("ssl_") and model.endswith("_knn"):
         return "views only"
-    network = re.sub(r"_trunkvotep?(_.+)?$", "", model.split("_knn")[0])  # the vote's trunk recipe, if named, is not the network's
+    from run_regimes import trunk_vote_cell  # the driver's own reading of a model name (main put its folder on the path)
+
+    cell = trunk_vote_cell(model)
+    network = cell.network if cell else model.split("_knn")[0]
     for suffix in ("_pixp", "_pix", "_tv", "_cr"):
         network = network.removesuffix(suffix)
     return recipes.get((dataset, network, regime), "?")

@@ -68,7 +68,7 @@ def fit_case_vote(
     save_case_vote(vote, memory_case_table(ids_train.tolist(), training_datalist, class_names or []) if training_datalist else {}, output_path)
     report = {
         "checkpoint": str(checkpoint), "case_vote": str(output_path), "training_images": len(y_train), "validation_images": len(y_val),
-        "space": space, "pretrained_trunk": str(pretrained_trunk or ""), "k": k, "size": size if space == "pixels" else None, "weight": weight, "distance_power": float(vote.power), "validation": {str(w): s for w, s in scores.items()},
+        "space": space, "pretrained_trunk": str(pretrained_trunk or ""), "k": k, "size": vote.config.get("size"), "weight": weight, "distance_power": float(vote.power), "validation": {str(w): s for w, s in scores.items()},
     }  # fmt: skip
     write_json_atomic(report, report_path)
     return report

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 import torch
+from monai.utils import ensure_tuple_rep
 
 from medmem.memory.case_vote import CaseVote
 from medmem.memory.trunk_index import TrunkFeatures
@@ -76,8 +77,7 @@ class TrunkCaseVote(CaseVote, TrunkFeatures):
     @property
     def img_size(self) -> list:
         """The input size the trunk was pre-trained at (a list, as ``MemoryViT.config`` keeps it; an int is per axis)."""
-        size = self.trunk_config["img_size"]
-        return list(size) if isinstance(size, (list, tuple)) else [int(size)] * int(self.trunk_config.get("spatial_dims", 2))
+        return list(ensure_tuple_rep(self.trunk_config["img_size"], int(self.trunk_config.get("spatial_dims", 2))))
 
     @property
     def config(self) -> dict:
