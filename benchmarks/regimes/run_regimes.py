@@ -68,7 +68,9 @@ PRETRAIN = {"cs": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30},
             # the 10% subset only (which holds the 1% and 3% ones): for the large training splits (LC25000, PBC) on this CPU
             "cs_pool10": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30, "pretrain_regime": 10},
             # session 21: every training-split image for 5 epochs (PBC: 465 steps against cs_pool10's 270, ten times the images)
-            "cs_all5": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 5}}
+            "cs_all5": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 5},
+            # session 22: the same images for twice the epochs (PBC: 930 steps): does the trunk gain from steps alone?
+            "cs_all10": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 10}}
 NETWORKS = {
     "vit": {"memory_mode": "off"},
     "movit": MOVIT,
@@ -157,6 +159,9 @@ NETWORKS = {
     "movit_cs_ssl10": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10"},
     # session 21: PBC's trunk from every training-split image (5 epochs): is the 10%-subset trunk weak for lack of images?
     "vit_cs_ssl_all5": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5"},
+    # session 22: the memory ViT (the product's memory) fine-tuned from that trunk, and the plain ViT from the longer one
+    "movit_cs_ssl_all5": {**MOVIT, "stem": "conv", "pretrain": "cs_all5"},
+    "vit_cs_ssl_all10": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all10"},
     # session 19: the class token reads the memory entries of the k training images nearest in a frozen copy of the
     # self-supervised trunk (medmem.memory.trunk_index), where a k-NN beat every fine-tuned network at brain MRI 1%, while
     # the network fine-tunes; their trunk cosine biases the read (pixel_bias); k = 10 as the feature k-NN references
