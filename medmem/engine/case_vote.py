@@ -118,6 +118,8 @@ class CaseVoteInferer(Inferer):
         self.vote = load_case_vote(path)
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # the vote (its bank, and a trunk vote's encoder) follows the inputs' device: a trunk's forward pass on the CPU
+        # would be the slow step of a GPU evaluation
+        self.vote.to(inputs.device)
         probabilities = torch.softmax(network(inputs, *args, **kwargs), dim=-1)
-        fused = self.vote(probabilities.cpu(), inputs.cpu())
-        return torch.log(fused.clamp(min=1e-8)).to(inputs.device)
+        return torch.log(self.vote(probabilities, inputs).clamp(min=1e-8))

@@ -113,7 +113,7 @@ class CaseVote:
         # scikit-learn's "distance" weights: 1 / d, and an exact match (d = 0) takes the whole vote
         exact = distance <= EPS
         weights = torch.where(exact.any(-1, keepdim=True), exact.float(), distance.clamp(min=EPS) ** -power)
-        v = torch.zeros(len(index), self.num_classes).scatter_add_(1, self.labels[index], weights)
+        v = torch.zeros(len(index), self.num_classes, device=weights.device).scatter_add_(1, self.labels[index], weights)
         return v / v.sum(-1, keepdim=True)
 
     @torch.no_grad()
