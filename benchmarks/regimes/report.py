@@ -62,7 +62,8 @@ HEADINGS = {
                   "the same with the distance power of its neighbour weights chosen on validation too: the bundle's trunk-space case vote "
                   "(`case_vote.json --case_vote_space trunk`) as it ships; `*_trunkvote` rows since session 20 are made by the same class at power 1. "
                   "Session 21: `ssl_cs_all5_knn` / `vit_cs_ssl_all5` the k-NN on, and the plain ViT fine-tuned from, a trunk pre-trained on "
-                  "every training-split image for 5 epochs (`cs_all5`) instead of the 10% subset for 30."),
+                  "every training-split image for 5 epochs (`cs_all5`) instead of the 10% subset for 30. Session 22: `movit_cs_ssl_all5` "
+                  "the memory ViT fine-tuned from that trunk; `cs_all10` the same images for 10 epochs (`ssl_cs_all10_knn`, `vit_cs_ssl_all10`)."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -118,7 +119,12 @@ TARGET_MODELS = {
                   ("vit_cs_ssl_t01_trunkvote", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"), ("vit_cs_ssl_t01_trunkvotep", "vit_cs_ssl_t01", "vit_cs_ssl_t01_knn"),
                   ("vit_cs_ssl_trunkvote", "vit_cs_ssl", "vit_cs_ssl_knn"), ("vit_cs_ssl_trunkvotep", "vit_cs_ssl", "vit_cs_ssl_knn"),
                   ("vit_cs_ssl10_trunkvote", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("vit_cs_ssl10_trunkvotep", "vit_cs_ssl10", "vit_cs_ssl10_knn"),
-                  ("vit_cs_ssl_all5_trunkvotep", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn")],
+                  ("vit_cs_ssl_all5_trunkvotep", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
+                  # session 22: the memory ViT fine-tuned from PBC's cs_all5 trunk (alone and with the trunk case vote), against
+                  # its plain ViT and, by the stricter reading, against that ViT with the case vote; the longer cs_all10 trunk
+                  ("movit_cs_ssl_all5", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl_all5", "vit_cs_ssl_all5_trunkvotep", "ssl_cs_all5_knn"),
+                  ("movit_cs_ssl_all5_trunkvotep", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
+                  ("vit_cs_ssl_all10_trunkvotep", "vit_cs_ssl_all10", "vit_cs_ssl_all10_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
