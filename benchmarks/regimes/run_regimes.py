@@ -70,7 +70,10 @@ PRETRAIN = {"cs": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30},
             # session 21: every training-split image for 5 epochs (PBC: 465 steps against cs_pool10's 270, ten times the images)
             "cs_all5": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 5},
             # session 22: the same images for twice the epochs (PBC: 930 steps): does the trunk gain from steps alone?
-            "cs_all10": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 10}}
+            "cs_all10": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 10},
+            # session 23: cs_all5 whose contrastive loss takes no view of the same source group (the manifest's `group`:
+            # LC25000's augmented copies of one tile) as a negative; on a manifest without groups it is cs_all5
+            "cs_all5_groups": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 5, "pretrain_source_groups": True}}
 NETWORKS = {
     "vit": {"memory_mode": "off"},
     "movit": MOVIT,

@@ -16,6 +16,7 @@ def load_datalist(
     split: str,
     data_root: str | os.PathLike | None = None,
     regime: int | str | None = None,
+    source_groups: bool = False,
 ) -> list[dict]:
     """Entries of ``split`` with absolute image paths, ready for ``monai.data.Dataset``.
 
@@ -23,6 +24,8 @@ def load_datalist(
     ``sample_id`` is the entry's index in the *full* training list, so the memory addresses a training
     case the same way in every regime; validation and test entries get ``-1``.
     ``regime`` (1, 3, 10, 30, 100 percent) selects the nested subset of training.
+    ``source_groups`` adds ``"source_group": int`` (:func:`source_group_ids`), for a self-supervised loss that
+    must not treat two copies of one source as different images.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -30,6 +33,7 @@ def load_datalist(
     root = resolve_data_root(data_root)
     entries = m[split]
     indices = range(len(entries))
+    groups = source_group_ids(entries) if source_groups else None
     if regime is not None and str(regime) not in ("100", "None"):
         if split != "training":
             raise ValueError("regimes subset the training split only")
@@ -46,9 +50,17 @@ def load_datalist(
                 "label": int(e["label"]),
                 "sample_id": int(i) if split == "training" else NOT_IN_MEMORY,
                 "case_id": e["image"],
+                **({} if groups is None else {"source_group": groups[i]}),
             }
         )
     return out
+
+
+def source_group_ids(entries: list[dict]) -> list[int]:
+    """One int per manifest entry: entries that share a ``group`` (the manifest's augmented copies, re-saves or
+    adjacent slices of one source, e.g. LC25000's tiles) share an id; an entry without a group is its own source."""
+    ids: dict[str, int] = {}
+    return [ids.setdefault(f"group:{e['group']}" if e.get("group") is not None else f"entry:{i}", len(ids)) for i, e in enumerate(entries)]
 
 
 def class_names(manifest: str | os.PathLike | dict) -> list[str]:
