@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medmem.engine.self_supervised import PairedViewLoss, TwoViewBatch
+from medmem.engine.self_supervised import PairedViewLoss, TwoViewBatch, nt_xent_across_sources
 from medmem.networks import ContrastivePretrainer, MemoryViT, ResNetClassifier, load_pretrained_trunk, save_pretrained_trunk
 from medmem.networks.pretraining import is_trunk_key
 from tests.test_bundle import CONFIGS, REPO, TINY, bundle
@@ -75,6 +75,54 @@ def test_the_paired_view_loss_is_lowest_when_each_image_meets_its_own_other_view
     assert own < 0.5 < shuffled
     with pytest.raises(ValueError, match="even batch"):
         loss(torch.randn(5, 8))
+
+
+def test_the_loss_across_sources_is_monais_for_distinct_images_and_never_pushes_apart_copies_of_one_source():
+    torch.manual_seed(0)
+    b, t = 6, 0.2
+    z = torch.randn(2 * b, 8)
+    one_each = torch.arange(b).repeat(2)
+    torch.testing.assert_close(PairedViewLoss(t)(z, one_each), PairedViewLoss(t)(z))  # MONAI's ContrastiveLoss
+    sources = torch.tensor([0, 0, 1, 2, 2, 2]).repeat(2)  # images 0-1 one source, images 3-5 another
+    unit = torch.nn.functional.normalize(z, dim=1)
+    expected = []
+    for i in range(2 * b):  # by hand: the positive over the positive plus the views of other sources
+        sim = lambda j: torch.exp(unit[i] @ unit[j] / t)  # noqa: E731
+        positive = sim((i + b) % (2 * b))
+        expected.append(-torch.log(positive / (positive + sum(sim(j) for j in range(2 * b) if sources[j] != sources[i]))))
+    torch.testing.assert_close(PairedViewLoss(t)(z, sources), torch.stack(expected).mean())
+    # image 1 made a near copy of image 0 (as LC25000's augmented tiles are): a cost as negatives, none as one source
+    copies = z.clone()
+    copies[[1, 1 + b]] = z[[0, b]] + 0.01 * torch.randn(2, 8)
+    grouped = torch.tensor([0, 0, 1, 2, 3, 4]).repeat(2)
+    assert nt_xent_across_sources(copies, grouped, t) < nt_xent_across_sources(copies, one_each, t) - 0.1
+    with pytest.raises(ValueError, match="one id per view"):
+        nt_xent_across_sources(z, torch.arange(b), t)
+
+
+def test_pretraining_with_source_groups_batches_each_images_group_beside_its_views(data_root):
+    from monai.bundle import ConfigParser
+    from monai.data import DataLoader
+
+    from medmem.data.datalist import source_group_ids
+
+    entries = [{"group": "a"}, {}, {"group": "b"}, {"group": "a"}, {}]
+    assert source_group_ids(entries) == [0, 1, 2, 0, 3]  # an entry without a group is its own source
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "pretrain.json")])
+    parser.update({**TINY, "dataset": "lc25000_64", "pretrain_regime": 1, "pretrain_source_groups": True})
+    items = parser.get_parsed_content("pretrain#datalist")
+    manifest = json.loads((REPO / "data_manifests/lc25000_64.json").read_text())
+    names = [manifest["training"][d["sample_id"]]["group"] for d in items]
+    ids = [d["source_group"] for d in items]
+    assert len(set(names)) == len(set(ids)) < len(items)  # LC25000's regime-1 images hold copies of one tile
+    assert all((ids[i] == ids[j]) == (names[i] == names[j]) for i in range(len(items)) for j in range(len(items)))
+    transform = parser.get_parsed_content("pretrain#preprocessing")
+    batch = next(iter(DataLoader([transform(d) for d in items[:3]], batch_size=3)))
+    views, sources = TwoViewBatch()(batch)
+    assert views.shape[0] == 6 and sources.tolist() == ids[:3] * 2
+    parser.update({"pretrain_source_groups": False})  # the default: no group key, MONAI's loss
+    assert "source_group" not in parser.get_parsed_content("pretrain#datalist", lazy=False)[0]
 
 
 def test_two_views_of_a_scan_differ_keep_its_size_and_range_and_batch_first_views_first(data_root):
