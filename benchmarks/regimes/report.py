@@ -63,7 +63,10 @@ HEADINGS = {
                   "(`case_vote.json --case_vote_space trunk`) as it ships; `*_trunkvote` rows since session 20 are made by the same class at power 1. "
                   "Session 21: `ssl_cs_all5_knn` / `vit_cs_ssl_all5` the k-NN on, and the plain ViT fine-tuned from, a trunk pre-trained on "
                   "every training-split image for 5 epochs (`cs_all5`) instead of the 10% subset for 30. Session 22: `movit_cs_ssl_all5` "
-                  "the memory ViT fine-tuned from that trunk; `cs_all10` the same images for 10 epochs (`ssl_cs_all10_knn`, `vit_cs_ssl_all10`)."),
+                  "the memory ViT fine-tuned from that trunk; `cs_all10` the same images for 10 epochs (`ssl_cs_all10_knn`, `vit_cs_ssl_all10`). "
+                  "Session 23: `cs_all5_groups` the `cs_all5` recipe whose contrastive loss takes no view of another image of the same "
+                  "source group as a negative (bundle `pretrain_source_groups`; LC25000's augmented copies of one tile), "
+                  "`ssl_cs_all5_groups_knn` / `vit_cs_ssl_all5_groups` the k-NN on it and the plain ViT fine-tuned from it."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
