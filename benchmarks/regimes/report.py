@@ -66,7 +66,7 @@ HEADINGS = {
                   "the memory ViT fine-tuned from that trunk; `cs_all10` the same images for 10 epochs (`ssl_cs_all10_knn`, `vit_cs_ssl_all10`). "
                   "Session 23: `cs_all5_groups` the `cs_all5` recipe whose contrastive loss takes no view of another image of the same "
                   "source group as a negative (bundle `pretrain_source_groups`; LC25000's augmented copies of one tile), "
-                  "`ssl_cs_all5_groups_knn` / `vit_cs_ssl_all5_groups` the k-NN on it and the plain ViT fine-tuned from it."),
+                  "`ssl_cs_all5_groups_knn` the k-NN on it."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)

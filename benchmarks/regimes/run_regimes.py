@@ -165,8 +165,6 @@ NETWORKS = {
     # session 22: the memory ViT (the product's memory) fine-tuned from that trunk, and the plain ViT from the longer one
     "movit_cs_ssl_all5": {**MOVIT, "stem": "conv", "pretrain": "cs_all5"},
     "vit_cs_ssl_all10": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all10"},
-    # session 23: the plain ViT from LC25000's trunk whose loss kept copies of one source tile out of its negatives
-    "vit_cs_ssl_all5_groups": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5_groups"},
     # session 19: the class token reads the memory entries of the k training images nearest in a frozen copy of the
     # self-supervised trunk (medmem.memory.trunk_index), where a k-NN beat every fine-tuned network at brain MRI 1%, while
     # the network fine-tunes; their trunk cosine biases the read (pixel_bias); k = 10 as the feature k-NN references
