@@ -100,14 +100,17 @@ def test_the_loss_across_sources_is_monais_for_distinct_images_and_never_pushes_
         nt_xent_across_sources(z, torch.arange(b), t)
 
 
+def test_entries_of_one_manifest_group_share_a_source_id_and_an_entry_without_one_is_its_own_source():
+    from medmem.data.datalist import source_group_ids
+
+    entries = [{"group": "a"}, {}, {"group": "b"}, {"group": "a"}, {}]
+    assert source_group_ids(entries) == [0, 1, 2, 0, 3]
+
+
 def test_pretraining_with_source_groups_batches_each_images_group_beside_its_views(data_root):
     from monai.bundle import ConfigParser
     from monai.data import DataLoader
 
-    from medmem.data.datalist import source_group_ids
-
-    entries = [{"group": "a"}, {}, {"group": "b"}, {"group": "a"}, {}]
-    assert source_group_ids(entries) == [0, 1, 2, 0, 3]  # an entry without a group is its own source
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "pretrain.json")])
     parser.update({**TINY, "dataset": "lc25000_64", "pretrain_regime": 1, "pretrain_source_groups": True})
