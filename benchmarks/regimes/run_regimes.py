@@ -165,6 +165,13 @@ NETWORKS = {
     # session 22: the memory ViT (the product's memory) fine-tuned from that trunk, and the plain ViT from the longer one
     "movit_cs_ssl_all5": {**MOVIT, "stem": "conv", "pretrain": "cs_all5"},
     "vit_cs_ssl_all10": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all10"},
+    # session 24: which part of training with the memory gives movit_cs_ssl_all5 (and movit_cs_ssl10) weights that beat
+    # their plain ViT with the memory switched off at test: the read alone (no label vote in training or test), or the
+    # vote alone (the read's attention weighs the neighbours' labels; the class token's features stay the image's own)
+    "movit_cs_ssl_all5_nv": {**MOVIT, "stem": "conv", "pretrain": "cs_all5", "memory_vote": 0.0},
+    "movit_cs_ssl_all5_vote": {**MOVIT, "stem": "conv", "pretrain": "cs_all5", "combiner": "vote"},
+    "movit_cs_ssl10_nv": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10", "memory_vote": 0.0},
+    "movit_cs_ssl10_vote": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10", "combiner": "vote"},
     # session 19: the class token reads the memory entries of the k training images nearest in a frozen copy of the
     # self-supervised trunk (medmem.memory.trunk_index), where a k-NN beat every fine-tuned network at brain MRI 1%, while
     # the network fine-tunes; their trunk cosine biases the read (pixel_bias); k = 10 as the feature k-NN references
