@@ -29,6 +29,16 @@ def pretrained(tmp_path: Path) -> tuple[ContrastivePretrainer, Path]:
     return pre, path
 
 
+def test_a_trunk_file_records_its_recipe_and_refuses_values_it_could_not_load_safely(tmp_path):
+    pre, path = pretrained(tmp_path)
+    assert torch.load(path, map_location="cpu", weights_only=True)["recipe"] == {}
+    save_pretrained_trunk(pre, path, images=10, epochs=1, recipe={"source_groups": True, "temperature": 0.2})
+    assert torch.load(path, map_location="cpu", weights_only=True)["recipe"] == {"source_groups": True, "temperature": 0.2}
+    with pytest.raises(TypeError, match="trunk2.pt.*recipe.*'regime': 'list'"):
+        save_pretrained_trunk(pre, tmp_path / "trunk2.pt", images=10, epochs=1, recipe={"regime": [1]})
+    assert not (tmp_path / "trunk2.pt").exists()
+
+
 def test_a_loaded_trunk_brings_every_trunk_weight_and_leaves_the_memory_read_and_head_fresh(tmp_path):
     pre, path = pretrained(tmp_path)
     torch.manual_seed(2)
@@ -161,6 +171,8 @@ def test_bundle_pretrains_resumes_and_trains_from_the_trunk(tmp_path, data_root)
     assert last["trainer"]["iteration"] == 2 * epoch_length and epoch_length == regime_images // 32  # drop_last
     saved = torch.load(out / "pretrained_trunk.pt", map_location="cpu", weights_only=True)
     assert saved["epochs"] == 2 and saved["images"] == regime_images
+    # the file says how the trunk was made, settings its weights do not show included
+    assert saved["recipe"] == {"learning_rate": 0.001, "batch_size": 32, "temperature": 0.2, "projection_dim": 128, "regime": 1, "source_groups": False, "seed": 0}
     for key, value in saved["trunk"].items():  # the trunk file is the last epoch's trunk
         assert torch.equal(value, last["model"]["trunk." + key]), key
     # train.json builds its network from the trunk (and the memory ViT too, whose memory starts empty)

@@ -62,16 +62,27 @@ class ContrastivePretrainer(nn.Module):
         return {k: v.detach().clone() for k, v in self.trunk.state_dict().items() if is_trunk_key(k)}
 
 
-def save_pretrained_trunk(pretrainer: ContrastivePretrainer, path: str | os.PathLike, images: int, epochs: int) -> None:
-    """Write the trunk (``{"format", "trunk", "config", "images", "epochs"}``) atomically to ``path``."""
+def save_pretrained_trunk(pretrainer: ContrastivePretrainer, path: str | os.PathLike, images: int, epochs: int, recipe: dict | None = None) -> None:
+    """Write the trunk (``{"format", "trunk", "config", "images", "epochs", "recipe"}``) atomically to ``path``.
+
+    ``recipe``: the pre-training settings that shaped the trunk but are not in its weights' layout (the bundle records
+    temperature, learning rate, batch size, regime and ``source_groups``), so that a trunk file says how it was made.
+    Their values must be plain numbers, strings or booleans (the file is read with ``weights_only=True``).
+    """
     from medmem.atomic import torch_save_atomic
 
+    recipe = dict(recipe or {})
+    odd = {k: type(v).__name__ for k, v in recipe.items() if not isinstance(v, (bool, int, float, str))}
+    if odd:
+        raise TypeError(f"{path}: pre-training recipe values must be numbers, strings or booleans, got {odd}")
     config = {k: pretrainer.trunk.config[k] for k in TRUNK_SETTINGS}
-    torch_save_atomic({"format": FORMAT, "trunk": pretrainer.trunk_state(), "config": config, "images": int(images), "epochs": int(epochs)}, path)
+    saved = {"format": FORMAT, "trunk": pretrainer.trunk_state(), "config": config, "images": int(images), "epochs": int(epochs), "recipe": recipe}
+    torch_save_atomic(saved, path)
 
 
 def read_pretrained_trunk(path: str | os.PathLike) -> dict:
-    """The dict :func:`save_pretrained_trunk` wrote (``{"format", "trunk", "config", "images", "epochs"}``).
+    """The dict :func:`save_pretrained_trunk` wrote (``{"format", "trunk", "config", "images", "epochs", "recipe"}``;
+    trunks written before bundle 0.11.0 have no ``recipe``).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
