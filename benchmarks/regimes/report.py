@@ -66,7 +66,9 @@ HEADINGS = {
                   "the memory ViT fine-tuned from that trunk; `cs_all10` the same images for 10 epochs (`ssl_cs_all10_knn`, `vit_cs_ssl_all10`). "
                   "Session 23: `cs_all5_groups` the `cs_all5` recipe whose contrastive loss takes no view of another image of the same "
                   "source group as a negative (bundle `pretrain_source_groups`; LC25000's augmented copies of one tile), "
-                  "`ssl_cs_all5_groups_knn` the k-NN on it."),
+                  "`ssl_cs_all5_groups_knn` the k-NN on it. Session 24: which part of training with the memory gives `movit_cs_ssl_all5` / "
+                  "`movit_cs_ssl10` their better weights: `_nv` the memory read alone (no label vote in training or test), `_vote` the "
+                  "vote alone (`combiner vote`: the read's attention weighs the neighbours' labels, the class token keeps its own features)."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -127,7 +129,10 @@ TARGET_MODELS = {
                   # its plain ViT and, by the stricter reading, against that ViT with the case vote; the longer cs_all10 trunk
                   ("movit_cs_ssl_all5", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl_all5", "vit_cs_ssl_all5_trunkvotep", "ssl_cs_all5_knn"),
                   ("movit_cs_ssl_all5_trunkvotep", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
-                  ("vit_cs_ssl_all10_trunkvotep", "vit_cs_ssl_all10", "vit_cs_ssl_all10_knn")],
+                  ("vit_cs_ssl_all10_trunkvotep", "vit_cs_ssl_all10", "vit_cs_ssl_all10_knn"),
+                  # session 24: the memory ViT trained with its read alone or its vote alone
+                  ("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl_all5_vote", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
+                  ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("movit_cs_ssl10_vote", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
