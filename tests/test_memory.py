@@ -275,6 +275,24 @@ def test_key_retrieval_finds_the_image_itself_unless_excluded():
     assert not (layer.evidence["sample_ids"][..., 0] == ids.view(-1, 1, 1)).any()
 
 
+def test_random_retrieval_reads_entries_unrelated_to_the_image():
+    """The study control: a fresh random probe per forward, so an image does not find itself first (key retrieval does,
+    above) and two reads of the same batch pick different entries; the exclusion of its own entries still holds."""
+    model = tiny_vit(memory_match="same_token", memory_retrieval="random", memory_k=2).eval()
+    x, ids = torch.randn(16, 1, 16, 16), torch.arange(16) + 50
+    model.write_memory(torch.cat([x, torch.randn(48, 1, 16, 16)]), torch.arange(64) + 50)
+    layer = model.memory_layers()[0]
+    layer.record_evidence = True
+    torch.manual_seed(1)
+    model(x)
+    first = layer.evidence["sample_ids"][..., 0].clone()  # (B, H, k)
+    assert (first[:, :, 0] == ids.view(-1, 1)).float().mean() < 0.25  # key retrieval: 1.0
+    model(x)
+    assert not torch.equal(layer.evidence["sample_ids"][..., 0], first)
+    model(x, ids)
+    assert not (layer.evidence["sample_ids"][..., 0] == ids.view(-1, 1, 1)).any()
+
+
 def test_empty_prototype_slots_are_never_read():
     """A memory smaller than the prototype budget leaves zero prototypes; their values must not leak in."""
     model = tiny_vit(num_prototypes=4, memory_match="same_token").eval()

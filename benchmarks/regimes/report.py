@@ -68,7 +68,7 @@ HEADINGS = {
                   "source group as a negative (bundle `pretrain_source_groups`; LC25000's augmented copies of one tile), "
                   "`ssl_cs_all5_groups_knn` the k-NN on it. Session 24: which part of training with the memory gives `movit_cs_ssl_all5` / "
                   "`movit_cs_ssl10` their better weights: `_nv` the memory read alone (no label vote in training or test), `_vote` the "
-                  "vote alone (`combiner vote`: the read's attention weighs the neighbours' labels, the class token keeps its own features)."),
+                  "vote alone (`combiner vote`: the read's attention weighs the neighbours' labels, the class token keeps its own features), `_nv_rand` the read alone of entries unrelated to the image (`memory_retrieval random`, a control)."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -132,6 +132,7 @@ TARGET_MODELS = {
                   ("vit_cs_ssl_all10_trunkvotep", "vit_cs_ssl_all10", "vit_cs_ssl_all10_knn"),
                   # session 24: the memory ViT trained with its read alone or its vote alone
                   ("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl_all5_vote", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
+                  ("movit_cs_ssl_all5_nv_rand", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
                   ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("movit_cs_ssl10_vote", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),

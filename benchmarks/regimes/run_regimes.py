@@ -170,6 +170,9 @@ NETWORKS = {
     # vote alone (the read's attention weighs the neighbours' labels; the class token's features stay the image's own)
     "movit_cs_ssl_all5_nv": {**MOVIT, "stem": "conv", "pretrain": "cs_all5", "memory_vote": 0.0},
     "movit_cs_ssl_all5_vote": {**MOVIT, "stem": "conv", "pretrain": "cs_all5", "combiner": "vote"},
+    # ... and the read alone with entries unrelated to the image (memory_retrieval "random", a study control): does the
+    # read help training as a read of neighbours, or as any mixing of other images' values into the class token?
+    "movit_cs_ssl_all5_nv_rand": {**MOVIT, "stem": "conv", "pretrain": "cs_all5", "memory_vote": 0.0, "memory_retrieval": "random"},
     "movit_cs_ssl10_nv": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10", "memory_vote": 0.0},
     "movit_cs_ssl10_vote": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10", "combiner": "vote"},
     # session 19: the class token reads the memory entries of the k training images nearest in a frozen copy of the

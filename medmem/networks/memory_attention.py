@@ -64,6 +64,7 @@ class MemorySABlock(SABlock):
         same_token: bool = False,
         retrieve_by_key: bool = False,
         pixel_bias: bool = False,
+        random_retrieval: bool = False,
     ) -> None:
         super().__init__(hidden_size, num_heads, dropout_rate, qkv_bias=qkv_bias)
         for name, value, allowed in (("mode", mode, MEMORY_MODES), ("combiner", combiner, COMBINERS), ("queries", queries, MEMORY_QUERIES)):
@@ -75,6 +76,10 @@ class MemorySABlock(SABlock):
         # find neighbours by key-to-key similarity (images alike), then attend to them by query-key
         # scores; query-key retrieval lets a few "hub" keys attract every query
         self.retrieve_by_key = retrieve_by_key
+        # a study control (memory_retrieval "random"): the full memory is searched with a fresh random direction per
+        # query instead of the query or key, so the read mixes in entries unrelated to the image; what a read of
+        # neighbours adds beyond mixing other images' values into the class token is what differs from it
+        self.random_retrieval = random_retrieval
         # neighbours given with their pixel similarity (memory_retrieval "pixels"): add -beta * log(1 - cos) to their
         # attention scores, so that with tau -> 0 and beta = 1 the read weighs them as the distance-weighted pixel k-NN
         # (the case vote) does; beta (per head) is learned, starting there
@@ -134,6 +139,8 @@ class MemorySABlock(SABlock):
         tau = self.log_tau.exp().view(1, -1, 1, 1)
         mem_index = torch.zeros(0, dtype=torch.long)
         probe = F.normalize(k[:, :, :nq], dim=-1) if self.retrieve_by_key else qn
+        if self.random_retrieval:
+            probe = F.normalize(torch.randn_like(probe), dim=-1)
         if self.mode == "full" and neighbours is not None:
             mem_cos, mem_values, mem_valid, mem_index, probe_cos = self._given_entries(qn, neighbours[0], neighbours[1])
         elif self.mode == "full":

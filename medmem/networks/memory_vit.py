@@ -29,7 +29,7 @@ from medmem.networks.pretraining import is_trunk_key
 
 # Settings that shape the memory: a memory saved under one of these cannot serve another.
 VOTE_TRAINING = ("fused", "separate")
-RETRIEVALS = ("query", "key", "pixels", "trunk")
+RETRIEVALS = ("query", "key", "pixels", "trunk", "random")
 # retrievals whose neighbours an index outside the attention chooses (the class token reads their entries)
 INDEXED_RETRIEVALS = ("pixels", "trunk")
 STEMS = ("patch", "conv")
@@ -68,7 +68,9 @@ class MemoryViT(nn.Module):
             ``memory_queries="cls"``; no prototype mode), or by ``trunk``: the same, the images nearest in the class-token
             features of a frozen copy of the pre-trained trunk (:class:`~medmem.memory.trunk_index.TrunkNeighbourIndex`,
             loaded by :func:`~medmem.networks.pretraining.load_pretrained_trunk`; features formed before any label was
-            fitted, docs/design.md "Session 19"). Attention over them uses query-key scores either way.
+            fitted, docs/design.md "Session 19"). Attention over them uses query-key scores either way. ``random``: a study
+            control, the memory searched with a fresh random direction per query (entries unrelated to the image; in
+            training and at test), to tell what reading neighbours adds beyond mixing other images' values in.
         pixel_size: thumbnail side of the ``pixels`` retrieval.
         pixel_bias: with the ``pixels`` (or ``trunk``) retrieval, add ``-beta * log(1 - cosine)`` of the space the
             neighbours were found in (beta learned per head, from 1) to the class token's attention scores over them,
@@ -193,7 +195,7 @@ class MemoryViT(nn.Module):
             mode=memory_mode, k=memory_k, momentum=atma_momentum, combiner=combiner, num_prototypes=num_prototypes,
             queries=memory_queries, memory_backend=memory_backend, memory_dtype=getattr(torch, memory_dtype),
             label_aware=memory_labels, num_classes=num_classes, same_token=memory_match == "same_token",
-            retrieve_by_key=memory_retrieval == "key", pixel_bias=pixel_bias,
+            retrieve_by_key=memory_retrieval == "key", pixel_bias=pixel_bias, random_retrieval=memory_retrieval == "random",
         )  # fmt: skip
         self.blocks = nn.ModuleList(
             MemoryTransformerBlock(hidden_size, mlp_dim, num_heads, self.tokens, dropout_rate, qkv_bias, **memory_kwargs)
