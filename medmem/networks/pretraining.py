@@ -66,7 +66,7 @@ def save_pretrained_trunk(pretrainer: ContrastivePretrainer, path: str | os.Path
     """Write the trunk (``{"format", "trunk", "config", "images", "epochs", "recipe"}``) atomically to ``path``.
 
     ``recipe``: the pre-training settings that shaped the trunk but are not in its weights' layout (the bundle records
-    temperature, learning rate, batch size, regime and ``source_groups``), so that a trunk file says how it was made.
+    learning rate, batch size, temperature, projection size, regime, ``source_groups`` and seed), so that a trunk file says how it was made.
     Their values must be plain numbers, strings or booleans (the file is read with ``weights_only=True``).
     """
     from medmem.atomic import torch_save_atomic
