@@ -3,36 +3,54 @@
     python benchmarks/regimes/paired_deltas.py vit vit_cs        # what the conv stem changed
     python benchmarks/regimes/paired_deltas.py vit_cs movit_cs   # what the memory adds on the conv stem
 
-Reads every committed results file (``run_regimes.RESULT_FILES``); prints one line per cell both models ran
-(ACC of each, B - A in points) and the range of the differences.
+Reads every committed results file (``run_regimes.RESULT_FILES``) and any named with ``--csv`` (e.g.
+``benchmarks/results/case_vote.csv benchmarks/results/more_seeds.csv``); prints one line per cell both models ran
+(ACC and AUC of each, B - A in points), then per (dataset, regime) the mean difference, how many seeds B leads and the
+paired t statistic (mean / standard error; about 2.6 is p = 0.05 two-sided at 5 degrees of freedom).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import read_all_results  # noqa: E402
+from run_regimes import read_all_results, read_rows  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", help="driver model A (e.g. vit)")
     p.add_argument("b", help="driver model B (e.g. vit_cs)")
+    p.add_argument("--csv", nargs="*", default=[], help="more results files to read besides the committed study files")
     args = p.parse_args()
-    acc = {(r["dataset"], r["model"], int(r["regime"]), int(r["seed"])): float(r["acc"]) for r in read_all_results()}
-    deltas = []
-    for dataset, model, regime, seed in sorted(k for k in acc if k[1] == args.a):
+    rows = read_all_results() + [r for path in args.csv for r in read_rows(Path(path))]
+    metric = {(r["dataset"], r["model"], int(r["regime"]), int(r["seed"])): (float(r["acc"]), float(r["auc"])) for r in rows}
+    deltas: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    for dataset, model, regime, seed in sorted(k for k in metric if k[1] == args.a):
         other = (dataset, args.b, regime, seed)
-        if other in acc:
-            d = 100 * (acc[other] - acc[(dataset, model, regime, seed)])
-            deltas.append(d)
-            print(f"{dataset} {regime}% seed {seed}: {args.a} {acc[(dataset, model, regime, seed)]:.3f}  {args.b} {acc[other]:.3f}  {d:+.1f} points")
-    if deltas:
-        print(f"{len(deltas)} paired cells, {args.b} - {args.a}: {min(deltas):+.1f} to {max(deltas):+.1f} points")
+        if other in metric:
+            (acc_a, auc_a), (acc_b, auc_b) = metric[(dataset, model, regime, seed)], metric[other]
+            d = (100 * (acc_b - acc_a), 100 * (auc_b - auc_a))
+            deltas[(dataset, regime)].append(d)
+            print(f"{dataset} {regime}% seed {seed}: {args.a} {acc_a:.3f} / {auc_a:.3f}  {args.b} {acc_b:.3f} / {auc_b:.3f}  "
+                  f"{d[0]:+.1f} / {d[1]:+.1f} points")
+    for (dataset, regime), ds in sorted(deltas.items()):
+        acc = [d[0] for d in ds]
+        print(f"{dataset} {regime}%: {args.b} - {args.a} over {len(ds)} seeds: ACC {paired_summary(acc)}; "
+              f"AUC {paired_summary([d[1] for d in ds])}")
 
+
+def paired_summary(deltas: list[float]) -> str:
+    """Mean difference, range, seeds ahead and the paired t statistic (mean over its standard error)."""
+    mean = statistics.mean(deltas)
+    text = f"mean {mean:+.2f} ({min(deltas):+.1f} to {max(deltas):+.1f}), ahead on {sum(d > 0 for d in deltas)} of {len(deltas)}"
+    if len(deltas) > 1 and statistics.stdev(deltas) > 0:
+        text += f", t = {mean / (statistics.stdev(deltas) / len(deltas) ** 0.5):+.2f}"
+    return text
 
 if __name__ == "__main__":
     main()
