@@ -68,7 +68,14 @@ HEADINGS = {
                   "source group as a negative (bundle `pretrain_source_groups`; LC25000's augmented copies of one tile), "
                   "`ssl_cs_all5_groups_knn` the k-NN on it. Session 24: which part of training with the memory gives `movit_cs_ssl_all5` / "
                   "`movit_cs_ssl10` their better weights: `_nv` the memory read alone (no label vote in training or test), `_vote` the "
-                  "vote alone (`combiner vote`: the read's attention weighs the neighbours' labels, the class token keeps its own features), `_nv_rand` the read alone of entries unrelated to the image (`memory_retrieval random`, a control)."),
+                  "vote alone (`combiner vote`: the read's attention weighs the neighbours' labels, the class token keeps its own features), `_nv_rand` the read alone of entries unrelated to the image (`memory_retrieval random`, a control). Session 25: "
+                  "`vit_cs_ssl_all5_d2` / `vit_cs_ssl10_d2` the plain ViT with dropout 0.2 instead of the recipe's 0.1 (does more of the plain recipe's own "
+                  "regulariser do what the read does?)."),
+    "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
+                   "Session 25: seeds 3, 4 and 5 of the PBC 10% plain ViT from the `cs_all5` trunk, its k-NN and the memory ViT "
+                   "trained with its read alone (`_nv`); seeds 0-2 of the same models are in [case_vote.md](case_vote.md). "
+                   "Paired over all six seeds: `python benchmarks/regimes/paired_deltas.py vit_cs_ssl_all5 movit_cs_ssl_all5_nv "
+                   "--csv benchmarks/results/case_vote.csv benchmarks/results/more_seeds.csv`."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
 # here; different budgets and protocols) and known properties of its splits (each with its command)
@@ -134,6 +141,7 @@ TARGET_MODELS = {
                   ("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl_all5_vote", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
                   ("movit_cs_ssl_all5_nv_rand", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
                   ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("movit_cs_ssl10_vote", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
+    "more_seeds": [("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],

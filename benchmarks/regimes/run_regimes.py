@@ -176,6 +176,7 @@ NETWORKS = {
     # session 25: if the read helps training as a regulariser, does the plain recipe with more of its own regulariser get
     # there? The plain ViT with dropout 0.2 (everywhere the recipe's 0.1 applies: embeddings, attention weights, MLPs)
     "vit_cs_ssl_all5_d2": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "dropout_rate": 0.2},
+    "vit_cs_ssl10_d2": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10", "dropout_rate": 0.2},
     "movit_cs_ssl10_nv": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10", "memory_vote": 0.0},
     "movit_cs_ssl10_vote": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10", "combiner": "vote"},
     # session 19: the class token reads the memory entries of the k training images nearest in a frozen copy of the
