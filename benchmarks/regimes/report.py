@@ -73,8 +73,10 @@ HEADINGS = {
                   "regulariser do what the read does?)."),
     "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
                    "Session 25: seeds 3, 4 and 5 of the PBC 10% plain ViT from the `cs_all5` trunk, its k-NN and the memory ViT "
-                   "trained with its read alone (`_nv`); seeds 0-2 of the same models are in [case_vote.md](case_vote.md). "
-                   "Paired over all six seeds: `python benchmarks/regimes/paired_deltas.py vit_cs_ssl_all5 movit_cs_ssl_all5_nv "
+                   "trained with its read alone (`movit_cs_ssl_all5_nv`); seed 3 of the LC25000 1% plain ViT from the `cs_pool10` "
+                   "trunk, its k-NN, `movit_cs_ssl10_nv` and the plain ViT with dropout 0.2 (`vit_cs_ssl10_d2`). Seeds 0-2 of the "
+                   "same models are in [case_vote.md](case_vote.md). Paired over every seed, e.g. "
+                   "`python benchmarks/regimes/paired_deltas.py vit_cs_ssl_all5 movit_cs_ssl_all5_nv "
                    "--csv benchmarks/results/case_vote.csv benchmarks/results/more_seeds.csv`."),
 }
 # what a reader must know beside a dataset's numbers: published references quoted for context (not made
@@ -141,7 +143,7 @@ TARGET_MODELS = {
                   ("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl_all5_vote", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
                   ("movit_cs_ssl_all5_nv_rand", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
                   ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("movit_cs_ssl10_vote", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
-    "more_seeds": [("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn")],
+    "more_seeds": [("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
