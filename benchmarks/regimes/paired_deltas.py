@@ -30,23 +30,21 @@ def main() -> None:
     args = p.parse_args()
     rows = read_all_results() + [r for path in args.csv for r in read_rows(Path(path))]
     metric = {(r["dataset"], r["model"], int(r["regime"]), int(r["seed"])): (float(r["acc"]), float(r["auc"])) for r in rows}
-    deltas: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
-    pairs: dict[tuple, list[tuple]] = defaultdict(list)
+    # (dataset, regime) -> per seed ((ACC, AUC) of A, (ACC, AUC) of B)
+    pairs: dict[tuple, list[tuple[tuple[float, float], tuple[float, float]]]] = defaultdict(list)
     for dataset, model, regime, seed in sorted(k for k in metric if k[1] == args.a):
         other = (dataset, args.b, regime, seed)
         if other in metric:
             (acc_a, auc_a), (acc_b, auc_b) = metric[(dataset, model, regime, seed)], metric[other]
-            d = (100 * (acc_b - acc_a), 100 * (auc_b - auc_a))
-            deltas[(dataset, regime)].append(d)
             pairs[(dataset, regime)].append(((acc_a, auc_a), (acc_b, auc_b)))
             print(f"{dataset} {regime}% seed {seed}: {args.a} {acc_a:.3f} / {auc_a:.3f}  {args.b} {acc_b:.3f} / {auc_b:.3f}  "
-                  f"{d[0]:+.1f} / {d[1]:+.1f} points")
-    for (dataset, regime), ds in sorted(deltas.items()):
-        means = [statistics.mean(p[i][m] for p in pairs[(dataset, regime)]) for i in (0, 1) for m in (0, 1)]
-        print(f"{dataset} {regime}%, means over the {len(ds)} paired seeds: {args.a} {means[0]:.3f} / {means[1]:.3f}, "
+                  f"{100 * (acc_b - acc_a):+.1f} / {100 * (auc_b - auc_a):+.1f} points")
+    for (dataset, regime), seeds in sorted(pairs.items()):
+        means = [statistics.mean(pair[i][m] for pair in seeds) for i in (0, 1) for m in (0, 1)]
+        print(f"{dataset} {regime}%, means over the {len(seeds)} paired seeds: {args.a} {means[0]:.3f} / {means[1]:.3f}, "
               f"{args.b} {means[2]:.3f} / {means[3]:.3f}")
-        print(f"{dataset} {regime}%: {args.b} - {args.a} over {len(ds)} seeds: ACC {paired_summary([d[0] for d in ds])}; "
-              f"AUC {paired_summary([d[1] for d in ds])}")
+        acc, auc = ([100 * (b[m] - a[m]) for a, b in seeds] for m in (0, 1))
+        print(f"{dataset} {regime}%: {args.b} - {args.a} over {len(seeds)} seeds: ACC {paired_summary(acc)}; AUC {paired_summary(auc)}")
 
 
 def paired_summary(deltas: list[float]) -> str:
@@ -56,6 +54,7 @@ def paired_summary(deltas: list[float]) -> str:
     if len(deltas) > 1 and statistics.stdev(deltas) > 0:
         text += f", t = {mean / (statistics.stdev(deltas) / len(deltas) ** 0.5):+.2f}"
     return text
+
 
 if __name__ == "__main__":
     main()
