@@ -73,7 +73,7 @@ HEADINGS = {
                   "regulariser do what the read does?)."),
     "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
                    "Session 25: seeds 3, 4 and 5 of the PBC 10% plain ViT from the `cs_all5` trunk, its k-NN and the memory ViT "
-                   "trained with its read alone (`movit_cs_ssl_all5_nv`); seed 3 of the LC25000 1% plain ViT from the `cs_pool10` "
+                   "trained with its read alone (`movit_cs_ssl_all5_nv`); seeds 3 and 4 of the LC25000 1% plain ViT from the `cs_pool10` "
                    "trunk, its k-NN, `movit_cs_ssl10_nv` and the plain ViT with dropout 0.2 (`vit_cs_ssl10_d2`). Seeds 0-2 of the "
                    "same models are in [case_vote.md](case_vote.md). Paired over every seed, e.g. "
                    "`python benchmarks/regimes/paired_deltas.py vit_cs_ssl_all5 movit_cs_ssl_all5_nv "
