@@ -3,7 +3,7 @@
     python benchmarks/regimes/paired_deltas.py vit vit_cs        # what the conv stem changed
     python benchmarks/regimes/paired_deltas.py vit_cs movit_cs   # what the memory adds on the conv stem
 
-Reads every committed results file (``run_regimes.RESULT_FILES``) and any named with ``--csv`` (e.g.
+Reads the study's results files (``run_regimes.RESULT_FILES``) and any others named with ``--csv`` (e.g.
 ``benchmarks/results/case_vote.csv benchmarks/results/more_seeds.csv``); prints one line per cell both models ran
 (ACC and AUC of each, B - A in points), then per (dataset, regime) both models' means over those seeds, the mean
 difference, how many seeds B leads and the paired t statistic (mean over its standard error; compare with Student's t at
