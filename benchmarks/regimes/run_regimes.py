@@ -178,6 +178,11 @@ NETWORKS = {
     "vit_cs_ssl_all5_d2": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "dropout_rate": 0.2},
     "vit_cs_ssl10_d2": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10", "dropout_rate": 0.2},
     "movit_cs_ssl10_nv": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10", "memory_vote": 0.0},
+    # session 26: the regulariser that is closest to what the read does (mixing other training images into an image's
+    # representation): mixup on the plain ViT's input and labels (bundle 0.12.0 mixup_alpha; 0.2, the original paper's
+    # ImageNet setting), same trunk, recipe and steps
+    "vit_cs_ssl_all5_mx": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2},
+    "vit_cs_ssl10_mx": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10", "mixup_alpha": 0.2},
     "movit_cs_ssl10_vote": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10", "combiner": "vote"},
     # session 19: the class token reads the memory entries of the k training images nearest in a frozen copy of the
     # self-supervised trunk (medmem.memory.trunk_index), where a k-NN beat every fine-tuned network at brain MRI 1%, while

@@ -1,5 +1,5 @@
-"""Batch preparation that hands each image's ``sample_id`` to the network (for memory self-exclusion), and the
-stacking of a whole loader into tensors (to build a memory from a split)."""
+"""Batch preparation that hands each image's ``sample_id`` to the network (for memory self-exclusion), mixup of training
+batches (a plain ViT's regulariser), and the stacking of a whole loader into tensors (to build a memory from a split)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, Iterable
 import torch
 from monai.data import MetaTensor
 from monai.engines import PrepareBatch
+from monai.transforms import MixUp
 from monai.utils import CommonKeys
 
 
@@ -29,6 +30,51 @@ class PrepareBatchWithIds(PrepareBatch):
         ids = batchdata.get("sample_id")
         ids = torch.as_tensor(ids).long() if ids is not None else torch.full((images.shape[0],), -1, dtype=torch.long)
         return images, labels, (), {"sample_ids": ids.to(device)}
+
+
+class MixUpBatch(PrepareBatchWithIds):
+    """Training batches mixed pairwise (mixup, Zhang et al. 2018, by MONAI's ``MixUp``): images (B, C, *spatial) become
+    ``lam * x + (1 - lam) * x[perm]`` with one ``lam ~ Beta(alpha, alpha)`` per image, and the target the same mix of the
+    two one-hot labels (B, num_classes), float; :class:`medmem.engine.losses.MemoryAwareLoss` reads it as class
+    probabilities.
+
+    A mixed image is no training image, so its sample id is -1 (the network writes and excludes nothing for it).
+    ``seed`` makes the mixing repeatable (MONAI's ``set_determinism`` does not reach a transform's own random state).
+    """
+
+    def __init__(self, alpha: float, num_classes: int, seed: int = 0) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"mixup needs num_classes >= 2, got {num_classes}")
+        self.num_classes = num_classes
+        self.mixer = MixUp(batch_size=1, alpha=alpha)  # raises for alpha <= 0; sized per batch below
+        self.mixer.set_random_state(seed=seed)
+
+    def __call__(self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any):
+        images, labels, args, kwargs = super().__call__(batchdata, device, non_blocking, **kwargs)
+        if labels is None:
+            raise ValueError("mixup mixes labels too: the training batch has no 'label'")
+        onehot = torch.nn.functional.one_hot(labels.reshape(-1), self.num_classes).to(images.dtype)
+        self.mixer.batch_size = len(images)  # the last batch of an epoch may be smaller
+        # MONAI's MixUp mixes tensors shaped as images (B, C, H, W[, D]): the labels go as (B, num_classes, 1, 1)
+        mixed, targets = self.mixer(images, onehot[:, :, None, None])
+        kwargs["sample_ids"] = torch.full_like(kwargs["sample_ids"], -1)
+        return mixed, targets.reshape(len(images), self.num_classes), args, kwargs
+
+
+def training_batches(mixup_alpha: float, num_classes: int, memory_mode: str, seed: int = 0) -> PrepareBatchWithIds:
+    """The bundle's training batch preparation: plain (``mixup_alpha`` 0) or mixed (:class:`MixUpBatch`).
+
+    Mixup is for networks without a memory (``memory_mode`` ``"off"``): a memory writes each training image's entries
+    under its sample id and votes with its label, and a mix of two images is neither's."""
+    if mixup_alpha < 0:
+        raise ValueError(f"mixup_alpha must be >= 0 (0: no mixup), got {mixup_alpha}")
+    if mixup_alpha == 0:
+        return PrepareBatchWithIds()
+    if memory_mode != "off":
+        raise ValueError(f"mixup_alpha {mixup_alpha} needs memory_mode 'off' (a memory stores and votes with unmixed training "
+                         f"images), got memory_mode {memory_mode!r}")
+    return MixUpBatch(mixup_alpha, num_classes, seed)
 
 
 def stack_batches(batches: Iterable[dict], *keys: str) -> tuple[torch.Tensor, ...]:

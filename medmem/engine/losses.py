@@ -31,11 +31,16 @@ class MemoryAwareLoss(nn.Module):
         self.cross_entropy = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """logits (B, C), target (B,) or (B, 1) class indices."""
-        target = target.reshape(-1).long()
+        """logits (B, C), target (B,) or (B, 1) class indices, or (B, C) float class probabilities (mixup's
+        :class:`medmem.engine.batch.MixUpBatch`; cross-entropy only, as the memory terms need each image's one class)."""
+        soft = target.is_floating_point() and target.dim() == 2 and target.shape == logits.shape
+        target = target if soft else target.reshape(-1).long()
         loss = self.cross_entropy(logits, target)
         model = unwrap(self.network[0])
         vote = getattr(model, "train_vote", None)
+        if soft and model.training and ((vote is not None and self.vote_weight > 0) or self.contrast_weight > 0):
+            raise ValueError("the memory vote and contrastive losses need class indices, not mixed (soft) targets: train a "
+                             "memory network without mixup")
         if vote is not None and model.training and self.vote_weight > 0:
             # log of a distribution: CrossEntropyLoss's log-softmax leaves it unchanged
             loss = loss + self.vote_weight * self.cross_entropy(torch.log(vote.clamp(min=1e-8)), target)
