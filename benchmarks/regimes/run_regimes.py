@@ -298,8 +298,8 @@ def build(dataset: str, network: str, num_classes: int):
     import medmem
 
     cfg = DATASETS[dataset]
-    kw = {k: v for k, v in NETWORKS[network].items() if k in NET_KEYS}
-    return medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], num_classes, dropout_rate=0.1, **kw)
+    kw = {"dropout_rate": 0.1, **{k: v for k, v in NETWORKS[network].items() if k in NET_KEYS}}  # a network may name its own
+    return medmem.networks.MemoryViT(cfg["in_channels"], cfg["image_size"], cfg["patch_size"], num_classes, **kw)
 
 
 def unit_features(net, x):
