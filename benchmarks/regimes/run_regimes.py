@@ -63,7 +63,8 @@ MOVIT = {"memory_mode": "full", "memory_match": "same_token", "memory_retrieval"
 PIXEL_READ = {**MOVIT, "stem": "conv", "memory_retrieval": "pixels", "memory_k": 10}  # session 15 (movit_cs_px below)
 TRUNK_READ = {**MOVIT, "stem": "conv", "pretrain": "cs", "memory_retrieval": "trunk", "memory_k": 10, "pixel_bias": True}  # session 19
 # session 18: self-supervised pre-training of the trunk (bundle pretrain.json) on every training-split image, labels unread;
-# one trunk per dataset (seed 0) shared by the fine-tuning seeds, so their spread leaves out the pre-training's own
+# one trunk per dataset (seed 0, unless a recipe names another) shared by the fine-tuning seeds, so their spread leaves out
+# the pre-training's own
 PRETRAIN = {"cs": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30},
             # the 10% subset only (which holds the 1% and 3% ones): for the large training splits (LC25000, PBC) on this CPU
             "cs_pool10": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30, "pretrain_regime": 10},
@@ -73,7 +74,9 @@ PRETRAIN = {"cs": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30},
             "cs_all10": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 10},
             # session 23: cs_all5 whose contrastive loss takes no view of the same source group (the manifest's `group`:
             # LC25000's augmented copies of one tile) as a negative; on a manifest without groups it is cs_all5
-            "cs_all5_groups": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 5, "pretrain_source_groups": True}}
+            "cs_all5_groups": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 5, "pretrain_source_groups": True},
+            # session 26: cs_pool10 pre-trained again with seed 1: how much of what the trunk gives is the pre-training's seed
+            "cs_pool10_s1": {"stem": "conv", "memory_mode": "off", "pretrain_epochs": 30, "pretrain_regime": 10, "seed": 1}}
 NETWORKS = {
     "vit": {"memory_mode": "off"},
     "movit": MOVIT,
@@ -248,7 +251,7 @@ def finished(run_dir: Path, epochs: int) -> bool:
 def pretrained_trunk(dataset: str, recipe: str, runs: Path) -> Path:
     """The dataset's trunk pre-trained by ``PRETRAIN[recipe]`` (made, or resumed, on first use)."""
     settings = PRETRAIN[recipe]
-    out = runs / dataset / f"pretrain_{recipe}_e{settings['pretrain_epochs']}_s0"
+    out = runs / dataset / f"pretrain_{recipe}_e{settings['pretrain_epochs']}_s{settings.get('seed', 0)}"
     trunk = out / "pretrained_trunk.pt"
     if not trunk.exists():
         out.mkdir(parents=True, exist_ok=True)
