@@ -56,7 +56,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="benchmarks/results/case_vote_speed.md")
     args = p.parse_args()
-    images = torch.rand(args.batch, TRUNK["in_channels"], TRUNK["img_size"], TRUNK["img_size"], generator=torch.Generator().manual_seed(1))
+    images = torch.rand(
+        args.batch, TRUNK["in_channels"], TRUNK["img_size"], TRUNK["img_size"], generator=torch.Generator().manual_seed(1)
+    )
     rows = []
     with torch.no_grad():
         for size in args.sizes:
@@ -68,7 +70,10 @@ def main() -> None:
             vote.descriptors = lambda _images: features
             search = timed(lambda: vote.vote(images), args.repeats)
             rows.append((size, trunk, whole, search))
-            print(f"{size} cases: trunk {trunk['median_s']:.4f} s, whole vote {whole['median_s']:.4f} s, search {search['median_s']:.5f} s", flush=True)
+            print(
+                f"{size} cases: trunk {trunk['median_s']:.4f} s, whole vote {whole['median_s']:.4f} s, search {search['median_s']:.5f} s",
+                flush=True,
+            )
     lines = [
         "# Trunk case vote: time per batch",
         "",
@@ -80,7 +85,9 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for size, trunk, whole, search in rows:
-        lines.append(f"| {size} | {span(trunk)} | {span(whole)} | {span(search)} | {100 * search['median_s'] / whole['median_s']:.1f}% |")
+        lines.append(
+            f"| {size} | {span(trunk)} | {span(whole)} | {span(search)} | {100 * search['median_s'] / whole['median_s']:.1f}% |"
+        )
     write_text_atomic("\n".join(lines) + "\n", args.out)
     print("\n".join(lines))
 

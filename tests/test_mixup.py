@@ -57,7 +57,11 @@ def test_training_batches_mix_only_when_asked_and_only_without_a_memory():
     assert type(plain) is PrepareBatchWithIds
     batch = batch_of(4)
     images, labels, _, kwargs = plain(batch)
-    assert torch.equal(images, batch["image"]) and labels.tolist() == [0, 1, 2, 3] and kwargs["sample_ids"].tolist() == [10, 11, 12, 13]
+    assert (
+        torch.equal(images, batch["image"])
+        and labels.tolist() == [0, 1, 2, 3]
+        and kwargs["sample_ids"].tolist() == [10, 11, 12, 13]
+    )
     assert isinstance(training_batches(0.2, 4, "off"), MixUpBatch)
     with pytest.raises(ValueError, match="memory_mode 'off'"):
         training_batches(0.2, 4, "full")
@@ -93,7 +97,16 @@ def test_bundle_trainer_mixes_and_evaluator_does_not(data_root):
 
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
-    tiny = {"regime": 1, "image_size": 32, "patch_size": 8, "hidden_size": 32, "mlp_dim": 64, "num_layers": 2, "num_heads": 2, "cache_workers": 0}
+    tiny = {
+        "regime": 1,
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "mlp_dim": 64,
+        "num_layers": 2,
+        "num_heads": 2,
+        "cache_workers": 0,
+    }
     parser.update({**tiny, "memory_mode": "off", "mixup_alpha": 0.2})
     trainer = parser.get_parsed_content("train#trainer")
     evaluator = parser.get_parsed_content("validate#evaluator")
