@@ -51,8 +51,11 @@ def paired_summary(deltas: list[float]) -> str:
     """Mean difference, range, seeds ahead and the paired t statistic (mean over its standard error)."""
     mean = statistics.mean(deltas)
     text = f"mean {mean:+.2f} ({min(deltas):+.1f} to {max(deltas):+.1f}), ahead on {sum(d > 0 for d in deltas)} of {len(deltas)}"
-    if len(deltas) > 1 and statistics.stdev(deltas) > 0:
+    # deltas equal on every seed (to rounding, e.g. the same test images flipped) leave no spread to divide by
+    if len(deltas) > 1 and statistics.stdev(deltas) > 1e-6:
         text += f", t = {mean / (statistics.stdev(deltas) / len(deltas) ** 0.5):+.2f}"
+    elif len(deltas) > 1:
+        text += ", the same on every seed"
     return text
 
 
