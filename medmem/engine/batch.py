@@ -39,7 +39,8 @@ class MixUpBatch(PrepareBatchWithIds):
     probabilities.
 
     A mixed image is no training image, so its sample id is -1 (the network writes and excludes nothing for it).
-    ``seed`` makes the mixing repeatable (MONAI's ``set_determinism`` does not reach a transform's own random state).
+    ``seed`` makes the mixing repeatable (MONAI's ``set_determinism`` does not reach a transform's own random state); a
+    resumed run starts the mixing sequence from the seed again, as its data loader's shuffling does.
     """
 
     def __init__(self, alpha: float, num_classes: int, seed: int = 0) -> None:
