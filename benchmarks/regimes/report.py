@@ -70,11 +70,15 @@ HEADINGS = {
                   "`movit_cs_ssl10` their better weights: `_nv` the memory read alone (no label vote in training or test), `_vote` the "
                   "vote alone (`combiner vote`: the read's attention weighs the neighbours' labels, the class token keeps its own features), `_nv_rand` the read alone of entries unrelated to the image (`memory_retrieval random`, a control). Session 25: "
                   "`vit_cs_ssl_all5_d2` / `vit_cs_ssl10_d2` the plain ViT with dropout 0.2 instead of the recipe's 0.1 (does more of the plain recipe's own "
-                  "regulariser do what the read does?)."),
+                  "regulariser do what the read does?). Session 26: `vit_cs_ssl_all5_mx` / `vit_cs_ssl10_mx` the plain ViT trained with mixup "
+                  "(bundle `mixup_alpha` 0.2); `ssl_cs_pool10_s1_knn` the k-NN on the `cs_pool10` trunk pre-trained again with seed 1, "
+                  "`vit_cs_ssl10_trunkvotep_cs_pool10_s1` the plain ViT (fine-tuned from the seed-0 trunk) fused with the case vote in it."),
     "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
                    "Session 25: seeds 3, 4 and 5 of the PBC 10% plain ViT from the `cs_all5` trunk, its k-NN and the memory ViT "
                    "trained with its read alone (`movit_cs_ssl_all5_nv`); seeds 3 and 4 of the LC25000 1% plain ViT from the `cs_pool10` "
-                   "trunk, its k-NN, `movit_cs_ssl10_nv` and the plain ViT with dropout 0.2 (`vit_cs_ssl10_d2`). Seeds 0-2 of the "
+                   "trunk, its k-NN, `movit_cs_ssl10_nv` and the plain ViT with dropout 0.2 (`vit_cs_ssl10_d2`). Session 26: the "
+                   "same cells' trunk case vote (`_trunkvotep`), the LC25000 plain ViT with mixup (`vit_cs_ssl10_mx`) and the case vote "
+                   "in the seed-1 trunk (`_trunkvotep_cs_pool10_s1`). Seeds 0-2 of the "
                    "same models are in [case_vote.md](case_vote.md). Paired over every seed, e.g. "
                    "`python benchmarks/regimes/paired_deltas.py vit_cs_ssl_all5 movit_cs_ssl_all5_nv "
                    "--csv benchmarks/results/case_vote.csv benchmarks/results/more_seeds.csv`."),
