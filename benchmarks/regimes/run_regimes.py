@@ -186,6 +186,9 @@ NETWORKS = {
     # ImageNet setting), same trunk, recipe and steps
     "vit_cs_ssl_all5_mx": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2},
     "vit_cs_ssl10_mx": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10", "mixup_alpha": 0.2},
+    # ... and the plain ViT fine-tuned from the cs_pool10 trunk pre-trained with seed 1: the pre-training seed's share
+    # of the fine-tuned network's spread (its _trunkvotep rows vote in the same seed-1 trunk)
+    "vit_cs_ssl10s1": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10_s1"},
     "movit_cs_ssl10_vote": {**MOVIT, "stem": "conv", "pretrain": "cs_pool10", "combiner": "vote"},
     # session 19: the class token reads the memory entries of the k training images nearest in a frozen copy of the
     # self-supervised trunk (medmem.memory.trunk_index), where a k-NN beat every fine-tuned network at brain MRI 1%, while
