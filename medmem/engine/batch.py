@@ -49,7 +49,7 @@ class MixUpBatch(PrepareBatchWithIds):
             raise ValueError(f"mixup needs num_classes >= 2, got {num_classes}")
         self.num_classes = num_classes
         self.mixer = MixUp(batch_size=1, alpha=alpha)  # raises for alpha <= 0; sized per batch below
-        self.mixer.set_random_state(seed=seed)
+        self.mixer.set_random_state(seed=int(seed))
 
     def __call__(self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any):
         images, labels, args, kwargs = super().__call__(batchdata, device, non_blocking, **kwargs)
