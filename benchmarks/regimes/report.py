@@ -72,7 +72,8 @@ HEADINGS = {
                   "`vit_cs_ssl_all5_d2` / `vit_cs_ssl10_d2` the plain ViT with dropout 0.2 instead of the recipe's 0.1 (does more of the plain recipe's own "
                   "regulariser do what the read does?). Session 26: `vit_cs_ssl_all5_mx` / `vit_cs_ssl10_mx` the plain ViT trained with mixup "
                   "(bundle `mixup_alpha` 0.2); `ssl_cs_pool10_s1_knn` the k-NN on the `cs_pool10` trunk pre-trained again with seed 1, "
-                  "`vit_cs_ssl10_trunkvotep_cs_pool10_s1` the plain ViT (fine-tuned from the seed-0 trunk) fused with the case vote in it."),
+                  "`vit_cs_ssl10_trunkvotep_cs_pool10_s1` the plain ViT (fine-tuned from the seed-0 trunk) fused with the case vote in it, "
+                  "`vit_cs_ssl10s1` the plain ViT fine-tuned from the seed-1 trunk and `vit_cs_ssl10s1_trunkvotep` it fused with the vote in that trunk."),
     "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
                    "Session 25: seeds 3, 4 and 5 of the PBC 10% plain ViT from the `cs_all5` trunk, its k-NN and the memory ViT "
                    "trained with its read alone (`movit_cs_ssl_all5_nv`); seeds 3 and 4 of the LC25000 1% plain ViT from the `cs_pool10` "
