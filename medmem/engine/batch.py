@@ -52,15 +52,15 @@ class MixUpBatch(PrepareBatchWithIds):
         self.mixer.set_random_state(seed=int(seed))
 
     def __call__(self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any):
-        images, labels, args, kwargs = super().__call__(batchdata, device, non_blocking, **kwargs)
+        images, labels, args, network_kwargs = super().__call__(batchdata, device, non_blocking, **kwargs)
         if labels is None:
             raise ValueError("mixup mixes labels too: the training batch has no 'label'")
         onehot = torch.nn.functional.one_hot(labels.reshape(-1), self.num_classes).to(images.dtype)
         self.mixer.batch_size = len(images)  # the last batch of an epoch may be smaller
         # MONAI's MixUp mixes tensors shaped as images (B, C, H, W[, D]): the labels go as (B, num_classes, 1, 1)
         mixed, targets = self.mixer(images, onehot[:, :, None, None])
-        kwargs["sample_ids"] = torch.full_like(kwargs["sample_ids"], -1)
-        return mixed, targets.reshape(len(images), self.num_classes), args, kwargs
+        network_kwargs["sample_ids"] = torch.full_like(network_kwargs["sample_ids"], -1)
+        return mixed, targets.reshape(len(images), self.num_classes), args, network_kwargs
 
 
 def training_batches(mixup_alpha: float, num_classes: int, memory_mode: str, seed: int = 0) -> PrepareBatchWithIds:
