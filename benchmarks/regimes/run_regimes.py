@@ -186,6 +186,12 @@ NETWORKS = {
     # ImageNet setting), same trunk, recipe and steps
     "vit_cs_ssl_all5_mx": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2},
     "vit_cs_ssl10_mx": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10", "mixup_alpha": 0.2},
+    # session 27: at PBC 3% (362 images) mixup 0.2 gained where dropout and the read did not; a stronger mix (alpha 0.4:
+    # mixing weights drawn further from 0 and 1), and mixup given three times the steps against the plain ViT given the
+    # same (mixup is known to want longer schedules; is PBC 3% step-limited once the images are mixed?)
+    "vit_cs_ssl_all5_mx4": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.4},
+    "vit_cs_ssl_all5_mx_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2, "step_scale": 3},
+    "vit_cs_ssl_all5_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "step_scale": 3},
     # ... and the plain ViT fine-tuned from the cs_pool10 trunk pre-trained with seed 1: the pre-training seed's share
     # of the fine-tuned network's spread (its _trunkvotep rows vote in the same seed-1 trunk)
     "vit_cs_ssl10s1": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10_s1"},
