@@ -148,8 +148,13 @@ TARGET_MODELS = {
                   # session 24: the memory ViT trained with its read alone or its vote alone
                   ("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl_all5_vote", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
                   ("movit_cs_ssl_all5_nv_rand", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
-                  ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("movit_cs_ssl10_vote", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
-    "more_seeds": [("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn")],
+                  ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("movit_cs_ssl10_vote", "vit_cs_ssl10", "vit_cs_ssl10_knn"),
+                  # session 26: the case vote over the plain ViT fine-tuned from LC25000's seed-1 trunk, in that trunk;
+                  # session 27: the case vote over PBC's plain ViT trained with mixup
+                  ("vit_cs_ssl10s1_trunkvotep", "vit_cs_ssl10s1", "vit_cs_ssl10s1_knn"),
+                  ("vit_cs_ssl_all5_mx_trunkvotep", "vit_cs_ssl_all5_mx", "vit_cs_ssl_all5_mx_knn")],
+    "more_seeds": [("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn"),
+                   ("vit_cs_ssl10s1_trunkvotep", "vit_cs_ssl10s1", "vit_cs_ssl10s1_knn")],
     "ablations": [("movit_cs_ia", "vit_cs_ia", "vit_cs_ia_knn"), ("movit_cs_ia_nh", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pix", "vit_cs_ia", "vit_cs_ia_knn"),
                   ("movit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn"), ("vit_cs_ia_pixp", "vit_cs_ia", "vit_cs_ia_knn")],
