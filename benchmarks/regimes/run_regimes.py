@@ -19,7 +19,8 @@ memory network's vote weight, or its pixel or trunk read's scalars and vote weig
 ``movit_cs_ssl*_tr`` (the class token reads the training images nearest in the frozen trunk, ``memory_retrieval
 "trunk"``) and ``<network>_trunkvote`` (a fine-tuned network fused with a k-NN vote in that frozen trunk;
 ``_trunkvotep``: the distance power chosen on validation too; ``<network>_trunkvotep_<recipe>``: any trained network, e.g.
-one trained from scratch, fused with the vote in the trunk ``PRETRAIN[recipe]``). Post-hoc rows train
+one trained from scratch, fused with the vote in the trunk ``PRETRAIN[recipe]``); ``<network>_tta`` (a trained network's
+test images scored averaged over their 8 flips and right-angle turns, ``medmem.engine.dihedral``). Post-hoc rows train
 nothing; they read the finished run of their network. Within a regime all networks get the same steps, schedule and
 augmentation; model selection uses validation only and the test split is read once per row.
 """
@@ -566,6 +567,28 @@ def run_tuned_vote_cell(dataset: str, regime: int, seed: int, runs: Path, manife
     return post_hoc_row(fused(*head_and_vote(net, xte), weight).numpy(), yte, manifest, train_images(manifest, regime), start)
 
 
+def dihedral_network(model: str) -> str | None:
+    """``vit_cs_ssl_all5_mx_tta`` -> the trained network whose test images are scored averaged over their 8 flips and
+    right-angle turns (``vit_cs_ssl_all5_mx``; session 27)."""
+    return model.removesuffix("_tta") if model.endswith("_tta") and model.removesuffix("_tta") in NETWORKS else None
+
+
+def run_dihedral_cell(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, network: str) -> dict:
+    """The trained ``network`` with test-time averaging over the dihedral views (``medmem.engine.dihedral``, the bundle's
+    ``eval_dihedral``): the softmax averaged over the 8 flips and turns of each test image. No training."""
+    import torch
+
+    from medmem.engine.dihedral import dihedral_probabilities
+
+    start = time.time()
+    cfg = DATASETS[dataset]
+    net = load_trained(dataset, network, regime, seed, runs, manifest)
+    xte, yte = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
+    with torch.no_grad():
+        probs = torch.cat([dihedral_probabilities(net, xte[i : i + 256]) for i in range(0, len(xte), 256)])
+    return post_hoc_row(probs.numpy(), yte, manifest, train_images(manifest, regime), start)
+
+
 def calibrated_read_network(model: str) -> str | None:
     """``movit_cs_px_vs_cr`` -> the trained pixel-read (or trunk-read, session 19) network whose read is re-weighed on
     validation (``movit_cs_px_vs``)."""
@@ -669,6 +692,8 @@ def main() -> None:
                     result = run_vit_knn_cell(args.dataset, regime, seed, runs, manifest, fuse=fuse, plain=knn_plain_network(model))
                 elif trunk_vote_cell(model):
                     result = run_trunk_vote_cell(args.dataset, regime, seed, runs, manifest, trunk_vote_cell(model))
+                elif dihedral_network(model):
+                    result = run_dihedral_cell(args.dataset, regime, seed, runs, manifest, dihedral_network(model))
                 elif calibrated_read_network(model):
                     result = run_calibrated_read_cell(args.dataset, regime, seed, runs, manifest, calibrated_read_network(model))
                 elif tuned_vote_network(model):
