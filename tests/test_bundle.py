@@ -185,6 +185,21 @@ def test_case_vote_is_weighed_on_validation_and_fused_into_evaluation(trained):
     by_hand = medmem.engine.classification_metrics(vote(network_probabilities(net, x), x).numpy(), [d["label"] for d in items], 8)
     assert fused["n"] == len(items) and fused["case_vote"] is True
     assert fused["acc"] == pytest.approx(by_hand["acc"], abs=1e-6) and fused["auc"] == pytest.approx(by_hand["auc"], abs=1e-6)
+
+    # evaluation averaged over the 8 flips and turns (eval_dihedral), alone and under the case vote, against the same by hand
+    from medmem.engine.dihedral import dihedral_probabilities
+
+    with torch.no_grad():
+        averaged = torch.cat([dihedral_probabilities(net.eval(), x[i : i + 128]) for i in range(0, len(x), 128)])  # as the bundle batches
+    bundle("run", ["train.json", "evaluate.json"], {**overrides, "eval_dihedral": "true"})
+    report_d = json.loads((out / "eval_test_full_dihedral" / "test_metrics.json").read_text())
+    by_hand_d = medmem.engine.classification_metrics(averaged.numpy(), [d["label"] for d in items], 8)
+    assert report_d["dihedral"] is True and report_d["acc"] == pytest.approx(by_hand_d["acc"], abs=1e-6)
+    assert report_d["auc"] == pytest.approx(by_hand_d["auc"], abs=1e-6)
+    bundle("run", ["train.json", "evaluate.json"], {**overrides, "case_vote": "true", "eval_dihedral": "true"})
+    fused_d = json.loads((out / "eval_test_full_case_vote_dihedral" / "test_metrics.json").read_text())
+    by_hand_fd = medmem.engine.classification_metrics(vote(averaged, x).numpy(), [d["label"] for d in items], 8)
+    assert fused_d["acc"] == pytest.approx(by_hand_fd["acc"], abs=1e-6) and fused_d["auc"] == pytest.approx(by_hand_fd["auc"], abs=1e-6)
     if report["weight"] > 0:  # the inferer was used: the plain network alone scores otherwise
         alone = medmem.engine.classification_metrics(network_probabilities(net, x).numpy(), [d["label"] for d in items], 8)
         assert (alone["acc"], alone["auc"]) != (fused["acc"], fused["auc"])

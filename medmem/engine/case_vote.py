@@ -18,6 +18,7 @@ from monai.inferers import Inferer
 
 from medmem.atomic import torch_save_atomic, write_json_atomic
 from medmem.engine.batch import stack_batches
+from medmem.engine.dihedral import dihedral_probabilities
 from medmem.engine.summarize import memory_case_table
 from medmem.memory.case_vote import CaseVote
 from medmem.memory.pixel_vote import PixelCaseVote
@@ -111,15 +112,21 @@ def load_case_vote(path: str) -> CaseVote:
 
 
 class CaseVoteInferer(Inferer):
-    """A MONAI inferer whose output is ``log((1 - w) softmax(network(x)) + w vote(x))`` (B, num_classes)."""
+    """A MONAI inferer whose output is ``log((1 - w) softmax(network(x)) + w vote(x))`` (B, num_classes). With
+    ``dihedral`` the network's softmax is averaged over the 8 flips and turns of x (``medmem.engine.dihedral``); the
+    vote still compares x itself with the stored cases, and w stays the one validation chose for the plain softmax."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, dihedral: bool = False) -> None:
         super().__init__()
         self.vote = load_case_vote(path)
+        self.dihedral = dihedral
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         # the vote (its bank, and a trunk vote's encoder) follows the inputs' device: a trunk's forward pass on the CPU
         # would be the slow step of a GPU evaluation
         self.vote.to(inputs.device)
-        probabilities = torch.softmax(network(inputs, *args, **kwargs), dim=-1)
+        if self.dihedral:
+            probabilities = dihedral_probabilities(network, inputs, *args, **kwargs)
+        else:
+            probabilities = torch.softmax(network(inputs, *args, **kwargs), dim=-1)
         return torch.log(self.vote(probabilities, inputs).clamp(min=1e-8))
