@@ -34,7 +34,7 @@ from run_regimes import NETWORKS, REPO, RESULT_FILES, knn_plain_network  # noqa:
 
 # the study's files, session 14's retrained cells (kept apart: their keys repeat rows of regimes_conv_stem.csv) and the
 # seeds beyond 0-2 of session 25 (kept apart so that case_vote.csv compares models over the same seeds)
-AUDITED_FILES = (*RESULT_FILES, "case_vote.csv", "more_seeds.csv")
+AUDITED_FILES = (*RESULT_FILES, "case_vote.csv", "more_seeds.csv", "second_trunk.csv")
 
 SWITCH = "9c6700d"  # the commit from which run_regimes passed intensity_augment false to every network not named *_ia
 # rows committed after SWITCH but trained before it: session 9's 1% lanes ran for hours before 9c6700d (09:03 UTC) and were

@@ -223,7 +223,7 @@ def target_lines(cells: dict, memory: str, plain: str, knn: str) -> list[str]:
 
 
 def jitter_of(recipes: dict, dataset: str, model: str, regime: int) -> str:
-    """A cell's jitter: trained cells from the audit, k-NN, pixel-vote, tuned-vote and calibrated-read cells that of the
+    """A cell's jitter: trained cells from the audit, k-NN, pixel-vote, tuned-vote, calibrated-read and eight-view cells that of the
     network they read, logreg and pixel_knn none; a k-NN on a self-supervised trunk (``ssl_*_knn``) had no labelled
     training, only the pre-training's views (which jitter)."""
     if model in ("logreg", PIXEL_KNN):
@@ -234,7 +234,7 @@ def jitter_of(recipes: dict, dataset: str, model: str, regime: int) -> str:
 
     cell = trunk_vote_cell(model)
     network = cell.network if cell else model.split("_knn")[0]
-    for suffix in ("_pixp", "_pix", "_tv", "_cr"):
+    for suffix in ("_pixp", "_pix", "_tv", "_cr", "_tta"):
         network = network.removesuffix(suffix)
     return recipes.get((dataset, network, regime), "?")
 
