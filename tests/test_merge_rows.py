@@ -33,12 +33,12 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 def test_rows_go_by_seed_and_committed_cells_are_reported_not_rewritten(tmp_path, merge_rows):
     first, later = tmp_path / "case_vote.csv", tmp_path / "more_seeds.csv"
-    write_csv(first, [row("vit", 0, 0.90)], merge_rows.COLUMNS)
+    write_csv(first, [row("vit", 0, 0.90)], list(row("vit", 0, 0.90)))  # the driver's columns, in its order
     lane = [row("vit", 0, 0.91), row("vit_mx", 0, 0.92), row("vit_mx", 3, 0.93), row("vit_mx", 3, 0.50)]
 
     new, repeated = merge_rows.merge(lane, first, later, split_seed=3)
     for path, rows in new.items():
-        merge_rows.write(path, rows)
+        merge_rows.append_rows(path, rows)
 
     committed_first = list(csv.DictReader(open(first)))
     assert [(r["model"], r["seed"], r["acc"]) for r in committed_first] == [("vit", "0", "0.9"), ("vit_mx", "0", "0.92")]

@@ -12,12 +12,11 @@ the merged one, so a rerun of a committed cell (e.g. after its run folder was lo
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_regimes import COLUMNS, REPO, read_rows  # noqa: E402
+from run_regimes import REPO, append_rows, read_rows  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -43,19 +42,6 @@ def merge(lane_rows: list[dict], first: Path, later: Path, split_seed: int) -> t
     return new, repeated
 
 
-def write(path: Path, rows: list[dict]) -> None:
-    """Append ``rows`` to ``path`` (written to a temporary name and renamed)."""
-    from medmem.atomic import atomic_path
-
-    if not rows:
-        return
-    everything = read_rows(path) + rows
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(everything)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("lanes", nargs="+", type=Path, help="the driver's --out files")
@@ -70,7 +56,8 @@ def main() -> None:
         print(f"already merged, not written: {' '.join(map(str, cell(lane)))}: this row {float(lane['acc']):.4f} / "
               f"{float(lane['auc']):.4f}, the merged one {float(known['acc']):.4f} / {float(known['auc']):.4f} ({same})")
     for path, rows in new.items():
-        write(path, rows)
+        if rows:
+            append_rows(path, rows)
         print(f"{path.name}: {len(rows)} new rows")
 
 

@@ -651,9 +651,14 @@ def read_all_results() -> list[dict]:
 
 
 def append_row(path: Path, row: dict) -> None:
+    append_rows(path, [row])
+
+
+def append_rows(path: Path, new_rows: list[dict]) -> None:
+    """Append ``new_rows`` to the results file ``path`` (written to a temporary name and renamed)."""
     from medmem.atomic import atomic_path
 
-    rows = read_rows(path) + [row]
+    rows = read_rows(path) + new_rows
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
