@@ -193,6 +193,15 @@ NETWORKS = {
     "vit_cs_ssl_all5_mx4": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.4},
     "vit_cs_ssl_all5_mx_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2, "step_scale": 3},
     "vit_cs_ssl_all5_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "step_scale": 3},
+    # session 28: self-training. The plain ViT fine-tuned from the same trunk on the 3% labelled images plus the unlabelled
+    # rest of the training split wherever the teacher (the mixup ViT of the same regime and seed, scored over the 8 flips
+    # and turns: the study's best PBC 3% network) gives a class probability >= 0.9, under the teacher's label
+    # (medmem.data.pseudo_labels; the true labels of those images are never read for training). Same steps and recipe.
+    "vit_cs_ssl_all5_mx_st": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2,
+                              "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.9},
+    "vit_cs_ssl_all5_st": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.9},
+    # ... and the memory ViT as the student: its memory is written with the pseudo-labelled images too
+    "movit_cs_ssl_all5_st": {**MOVIT, "stem": "conv", "pretrain": "cs_all5", "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.9},
     # ... and the plain ViT fine-tuned from the cs_pool10 trunk pre-trained with seed 1: the pre-training seed's share
     # of the fine-tuned network's spread (its _trunkvotep rows vote in the same seed-1 trunk)
     "vit_cs_ssl10s1": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_pool10_s1"},
@@ -248,9 +257,65 @@ def train_images(manifest: dict, regime: int) -> int:
     return len(manifest["regimes"][str(regime)]) if str(regime) in manifest["regimes"] else len(manifest["training"])
 
 
-def planned_epochs(manifest: dict, network: str, regime: int) -> int:
-    """Epochs that give ``network`` the regime's step budget (``STEPS``, times its ``step_scale``)."""
-    return math.ceil(STEPS[regime] * NETWORKS[network].get("step_scale", 1) / math.ceil(train_images(manifest, regime) / BATCH))
+def planned_epochs(manifest: dict, network: str, regime: int, images: int | None = None) -> int:
+    """Epochs that give ``network`` the regime's step budget (``STEPS``, times its ``step_scale``) over the regime's training
+    images, or over ``images`` (a self-training student's labelled plus pseudo-labelled ones)."""
+    batches = math.ceil((images or train_images(manifest, regime)) / BATCH)
+    return math.ceil(STEPS[regime] * NETWORKS[network].get("step_scale", 1) / batches)
+
+
+def pseudo_manifest_path(dataset: str, network: str, regime: int, seed: int, runs: Path) -> Path:
+    """Where the self-training manifest of student ``network`` goes (shared by students of one teacher and threshold)."""
+    settings = NETWORKS[network]
+    return runs / dataset / f"pseudo_{settings['teacher']}_tta_p{settings['pseudo_threshold']:g}_r{regime}_s{seed}.json"
+
+
+def pseudo_manifest(dataset: str, network: str, regime: int, seed: int, runs: Path, manifest: dict) -> Path:
+    """The self-training manifest of student ``network`` (made on first use): the regime's labelled images plus the
+    unlabelled rest of the training split that its teacher, scored over the 8 flips and turns, labels with probability
+    >= its ``pseudo_threshold``. A report beside it (``.quality.json``) counts how many of those labels are right; that
+    reads the true labels, for the record only."""
+    import numpy as np
+    import torch
+
+    import medmem
+    from medmem.atomic import write_json_atomic, write_text_atomic
+    from medmem.data.pseudo_labels import pseudo_labelled_manifest, unlabelled_indices
+    from medmem.engine.dihedral import dihedral_probabilities
+
+    path = pseudo_manifest_path(dataset, network, regime, seed, runs)
+    if path.exists():
+        return path
+    settings, cfg = NETWORKS[network], DATASETS[dataset]
+    teacher = load_trained(dataset, settings["teacher"], regime, seed, runs, manifest)
+    idx = unlabelled_indices(manifest, regime)
+    items = medmem.data.load_datalist(manifest, "training")
+    chain = medmem.data.eval_transforms(cfg["image_size"], cfg["in_channels"])
+    probs = []
+    with torch.no_grad():
+        for i in range(0, len(idx), 256):
+            x = torch.stack([chain({"image": items[j]["image"]})["image"] for j in idx[i : i + 256]])
+            probs.append(dihedral_probabilities(teacher, x))
+    probs = torch.cat(probs).numpy()
+    derived = pseudo_labelled_manifest(manifest, regime, idx, probs, settings["pseudo_threshold"])
+    truth = np.asarray([manifest["training"][j]["label"] for j in idx])
+    chosen = probs.max(1) >= settings["pseudo_threshold"]
+    quality = {"unlabelled": len(idx), "pseudo_labelled": int(chosen.sum()),
+               "label_acc": float((probs.argmax(1)[chosen] == truth[chosen]).mean()),
+               "label_acc_all_unlabelled": float((probs.argmax(1) == truth).mean())}  # fmt: skip
+    write_text_atomic(json.dumps(quality, indent=1) + "\n", path.with_suffix(".quality.json"))
+    write_json_atomic(derived, path)
+    print(f"    pseudo-labels: {json.dumps(quality)}", flush=True)
+    return path
+
+
+def trained_images(dataset: str, network: str, regime: int, seed: int, runs: Path, manifest: dict) -> int:
+    """The images ``network`` trains on at this cell: the regime's, or a student's labelled plus pseudo-labelled ones."""
+    if "teacher" not in NETWORKS[network]:
+        return train_images(manifest, regime)
+    import medmem
+
+    return len(medmem.data.load_manifest(pseudo_manifest(dataset, network, regime, seed, runs, manifest))["training"])
 
 
 def finished(run_dir: Path, epochs: int) -> bool:
@@ -271,17 +336,21 @@ def pretrained_trunk(dataset: str, recipe: str, runs: Path) -> Path:
 
 
 def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Path, manifest: dict) -> dict:
-    n = train_images(manifest, regime)
     network = model.removesuffix("_proto")
+    n = trained_images(dataset, network, regime, seed, runs, manifest)
     settings = dict(NETWORKS[network])
-    settings.pop("step_scale", None)
+    for key in ("step_scale", "teacher", "pseudo_threshold"):  # driver settings, not bundle ones
+        settings.pop(key, None)
+    data, data_regime = dataset, regime
+    if "teacher" in NETWORKS[network]:  # a student trains on every image of its self-training manifest
+        data, data_regime = str(pseudo_manifest(dataset, network, regime, seed, runs, manifest)), 100
     if "pretrain" in settings:
         settings["pretrained_trunk"] = str(pretrained_trunk(dataset, settings.pop("pretrain"), runs))
-    epochs = planned_epochs(manifest, network, regime)
+    epochs = planned_epochs(manifest, network, regime, n)
     mode = settings["memory_mode"]
     out = runs / dataset / f"{network}_r{regime}_s{seed}"
     overrides = {
-        "dataset": dataset, "regime": regime, "seed": seed, "epochs": epochs, "val_interval": max(1, epochs // 10),
+        "dataset": data, "regime": data_regime, "seed": seed, "epochs": epochs, "val_interval": max(1, epochs // 10),
         # networks that name no stem are the study's patch-stem rows, and those that name no intensity_augment were
         # trained with geometry-only augmentation, whatever the bundle's defaults
         "batch_size": BATCH, "output_dir": str(out), **DATASETS[dataset], "stem": "patch", "intensity_augment": False, **settings,
@@ -298,7 +367,8 @@ def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Pat
     bundle(["train.json", "evaluate.json"], {**overrides, "eval_memory_mode": eval_mode}, log)
     report = json.loads((out / f"eval_test_{eval_mode}" / "test_metrics.json").read_text())
     wall = time.time() - start  # this cell's own time (a *_proto cell reuses an already trained network)
-    return {"train_images": n, "epochs": epochs, "acc": report["acc"], "auc": report["auc"], "f1": report["f1"], "wall_s": round(wall, 1)}
+    # train_images counts labelled images: a student's pseudo-labelled ones are in its .quality.json and its epochs
+    return {"train_images": train_images(manifest, regime), "epochs": epochs, "acc": report["acc"], "auc": report["auc"], "f1": report["f1"], "wall_s": round(wall, 1)}
 
 
 # bundle settings that are MemoryViT arguments of the same name (the training config's network_def), so that a network
@@ -402,7 +472,7 @@ def load_trained(dataset: str, network: str, regime: int, seed: int, runs: Path,
     import torch
 
     run_dir = runs / dataset / f"{network}_r{regime}_s{seed}"
-    if not finished(run_dir, planned_epochs(manifest, network, regime)):
+    if not finished(run_dir, planned_epochs(manifest, network, regime, trained_images(dataset, network, regime, seed, runs, manifest))):
         raise FileNotFoundError(f"{run_dir}: train the {network} cell first (no final-epoch checkpoint)")
     net = build(dataset, network, len(manifest["classes"]))
     net.load_state_dict(torch.load(run_dir / "models" / "model_full.pt", map_location="cpu", weights_only=True))
