@@ -215,6 +215,46 @@ def test_case_vote_is_weighed_on_validation_and_fused_into_evaluation(trained):
     torch.testing.assert_close(torch.tensor([float(v) for v in row[2:]]), vote(network_probabilities(net, one), one)[0], atol=1e-4, rtol=0)
 
 
+def test_pseudo_label_writes_a_self_training_manifest_that_the_bundle_trains_on(trained, tmp_path):
+    out, overrides = trained
+    import numpy as np
+
+    import medmem
+    from medmem.engine.dihedral import dihedral_probabilities
+
+    # a small source manifest: the tiny network's regime-1 images labelled, 60 more training images unlabelled
+    full = json.loads((REPO / "data_manifests/pbc_blood_cells_96.json").read_text())
+    labelled = full["regimes"]["1"]
+    rest = [i for i in range(len(full["training"])) if i not in set(labelled)][:60]
+    source = {**full, "training": [full["training"][i] for i in labelled + rest], "regimes": {"1": list(range(len(labelled)))}}
+    (tmp_path / "source.json").write_text(json.dumps(source))
+    net = medmem.networks.MemoryViT(3, 32, 8, 8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=8, num_prototypes=16, memory_mode="full",
+                                    memory_match="same_token", memory_retrieval="key", memory_vote=0.5, stem="conv")  # the bundle defaults
+    net.load_state_dict(torch.load(out / "models" / "model_full.pt", map_location="cpu", weights_only=True))
+    chain = medmem.data.eval_transforms(32, 3)
+    items = medmem.data.load_datalist(source, "training", None)[len(labelled) :]
+    with torch.no_grad():
+        probs = dihedral_probabilities(net.eval(), torch.stack([chain({"image": d["image"]})["image"] for d in items])).numpy()
+    threshold = float(np.median(probs.max(1)))  # about half of them join
+    manifest = tmp_path / "pseudo.json"
+    bundle("run", ["train.json", "pseudo_label.json"], {**overrides, "dataset": str(tmp_path / "source.json"), "pseudo_manifest": str(manifest),
+                                                         "pseudo_threshold": threshold})  # fmt: skip
+    derived = json.loads(manifest.read_text())
+    joined = [e for e in derived["training"] if e["pseudo_label"]]
+    expect = [(e["image"], int(p.argmax())) for e, p in zip(source["training"][len(labelled) :], probs) if p.max() >= threshold]
+    assert 0 < len(joined) < len(rest) and len(derived["training"]) == len(labelled) + len(joined)
+    assert [(e["image"], e["label"]) for e in joined] == expect  # the teacher's class, never the true label
+    summary = json.loads(manifest.with_suffix(".summary.json").read_text())
+    assert summary["pseudo_labelled"] == len(joined) and summary["unlabelled"] == len(rest) and summary["labelled"] == len(labelled)
+    assert not list(tmp_path.glob(".*"))  # written under temporary names, then renamed
+
+    # the student trains on every image of the derived manifest: each one is written into its memory
+    student = tmp_path / "student"
+    bundle("run", ["train.json"], {**overrides, "dataset": str(manifest), "regime": 100, "epochs": 1, "output_dir": str(student)})
+    last = torch.load(student / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
+    assert int(last["model"]["blocks.1.attn.memory.num_rows"]) == len(derived["training"])
+
+
 def test_pixel_retrieval_trains_with_the_regime_in_its_index_and_evaluates_from_the_checkpoint(tmp_path, data_root):
     overrides = {**TINY, "output_dir": str(tmp_path), "epochs": 1, "memory_retrieval": "pixels", "pixel_size": 8}
     bundle("run", ["train.json"], overrides)

@@ -271,40 +271,29 @@ def pseudo_manifest_path(dataset: str, network: str, regime: int, seed: int, run
 
 
 def pseudo_manifest(dataset: str, network: str, regime: int, seed: int, runs: Path, manifest: dict) -> Path:
-    """The self-training manifest of student ``network`` (made on first use): the regime's labelled images plus the
-    unlabelled rest of the training split that its teacher, scored over the 8 flips and turns, labels with probability
-    >= its ``pseudo_threshold``. A report beside it (``.quality.json``) counts how many of those labels are right; that
-    reads the true labels, for the record only."""
-    import numpy as np
-    import torch
-
+    """The self-training manifest of student ``network`` (made on first use, as the bundle's pseudo_label.json makes it):
+    the regime's labelled images plus the unlabelled rest of the training split that its teacher, scored over the 8 flips
+    and turns, labels with probability >= its ``pseudo_threshold``. A report beside it (``.quality.json``) counts how many
+    of those labels are right; that reads the true labels, for the record only."""
     import medmem
-    from medmem.atomic import write_json_atomic, write_text_atomic
-    from medmem.data.pseudo_labels import pseudo_labelled_manifest, unlabelled_indices
-    from medmem.engine.dihedral import dihedral_probabilities
+    from medmem.atomic import write_json_atomic
+    from medmem.engine.pseudo_label import write_pseudo_labelled_manifest
 
     path = pseudo_manifest_path(dataset, network, regime, seed, runs)
     if path.exists():
         return path
     settings, cfg = NETWORKS[network], DATASETS[dataset]
-    teacher = load_trained(dataset, settings["teacher"], regime, seed, runs, manifest)
-    idx = unlabelled_indices(manifest, regime)
-    items = medmem.data.load_datalist(manifest, "training")
-    chain = medmem.data.eval_transforms(cfg["image_size"], cfg["in_channels"])
-    probs = []
-    with torch.no_grad():
-        for i in range(0, len(idx), 256):
-            x = torch.stack([chain({"image": items[j]["image"]})["image"] for j in idx[i : i + 256]])
-            probs.append(dihedral_probabilities(teacher, x))
-    probs = torch.cat(probs).numpy()
-    derived = pseudo_labelled_manifest(manifest, regime, idx, probs, settings["pseudo_threshold"])
-    truth = np.asarray([manifest["training"][j]["label"] for j in idx])
-    chosen = probs.max(1) >= settings["pseudo_threshold"]
-    quality = {"unlabelled": len(idx), "pseudo_labelled": int(chosen.sum()),
-               "label_acc": float((probs.argmax(1)[chosen] == truth[chosen]).mean()),
-               "label_acc_all_unlabelled": float((probs.argmax(1) == truth).mean())}  # fmt: skip
-    write_text_atomic(json.dumps(quality, indent=1) + "\n", path.with_suffix(".quality.json"))
-    write_json_atomic(derived, path)
+    teacher = settings["teacher"]
+    load_trained(dataset, teacher, regime, seed, runs, manifest)  # refuses an unfinished teacher
+    summary = write_pseudo_labelled_manifest(
+        build(dataset, teacher, len(manifest["classes"])), runs / dataset / f"{teacher}_r{regime}_s{seed}" / "models" / "model_full.pt",
+        medmem.engine.resolve_manifest(dataset), regime, medmem.data.eval_transforms(cfg["image_size"], cfg["in_channels"]),
+        path, threshold=settings["pseudo_threshold"], dihedral=True, batch_size=256,
+    )  # fmt: skip
+    truth = {e["sha256"]: e["label"] for e in manifest["training"]}
+    joined = [e for e in medmem.data.load_manifest(path)["training"] if e["pseudo_label"]]
+    quality = {**summary, "label_acc": sum(e["label"] == truth[e["sha256"]] for e in joined) / max(1, len(joined))}
+    write_json_atomic(quality, path.with_suffix(".quality.json"))
     print(f"    pseudo-labels: {json.dumps(quality)}", flush=True)
     return path
 

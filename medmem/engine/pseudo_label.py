@@ -1,0 +1,88 @@
+"""Label the unlabelled rest of a training split with a trained network (bundle ``pseudo_label.json``).
+
+The teacher scores every training image outside the regime it was trained on, optionally averaged over the 8 flips
+and turns (``medmem.engine.dihedral``), and the confident ones are written with its label into a self-training
+manifest (``medmem.data.pseudo_labels``). Train the student on that manifest (``--dataset <manifest> --regime 100``).
+The true labels of the unlabelled images are never read here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from monai.data import DataLoader, Dataset
+
+from medmem.atomic import write_json_atomic
+from medmem.data.datalist import load_datalist
+from medmem.data.manifest import load_manifest
+from medmem.data.pseudo_labels import pseudo_labelled_manifest, unlabelled_indices
+from medmem.engine.dihedral import dihedral_probabilities
+
+
+def teacher_probabilities(
+    network: torch.nn.Module,
+    items: list[dict],
+    preprocessing: Callable,
+    dihedral: bool = True,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Class probabilities (N, C) of ``network`` (eval mode, no gradient) for datalist ``items``, in their order."""
+    loader = DataLoader(Dataset(items, transform=preprocessing), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    network.eval()
+    out = []
+    with torch.no_grad():
+        for batch in loader:
+            x = batch["image"].to(device)
+            out.append((dihedral_probabilities(network, x) if dihedral else network(x).softmax(-1)).cpu())
+    return torch.cat(out).numpy()
+
+
+def write_pseudo_labelled_manifest(
+    network: torch.nn.Module,
+    checkpoint: str | os.PathLike,
+    manifest: str | os.PathLike,
+    regime: int | str,
+    preprocessing: Callable,
+    out: str | os.PathLike,
+    threshold: float = 0.9,
+    dihedral: bool = True,
+    data_root: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 128,
+    num_workers: int = 0,
+    class_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """Load ``checkpoint`` into ``network``, score the training images of ``manifest`` outside ``regime`` and write
+    the self-training manifest to ``out`` (temporary name, then renamed), with a summary beside it
+    (``<out stem>.summary.json``: how many joined, per class). Returns the summary."""
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    network.load_state_dict(state["model"] if "model" in state else state)  # a training checkpoint or model_full.pt
+    network.to(device)
+    source = load_manifest(manifest)
+    indices = unlabelled_indices(source, regime)
+    items = load_datalist(source, "training", data_root)
+    probs = teacher_probabilities(network, [items[i] for i in indices], preprocessing, dihedral, batch_size, num_workers, device)
+    derived = pseudo_labelled_manifest(source, regime, indices, probs, threshold)
+    names = class_names or source["classes"]
+    joined = Counter(e["label"] for e in derived["training"] if e["pseudo_label"])
+    summary = {
+        "teacher": str(checkpoint),
+        "source_manifest": str(manifest),
+        "regime": str(regime),
+        "threshold": threshold,
+        "dihedral": dihedral,
+        "labelled": len(derived["training"]) - sum(joined.values()),
+        "unlabelled": len(indices),
+        "pseudo_labelled": sum(joined.values()),
+        "pseudo_labelled_per_class": {names[c]: joined.get(c, 0) for c in range(len(names))},
+    }
+    write_json_atomic(derived, out)
+    write_json_atomic(summary, Path(out).with_suffix(".summary.json"))
+    return summary
