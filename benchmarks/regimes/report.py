@@ -83,7 +83,13 @@ HEADINGS = {
                      "`_mx4` with mixup 0.4, `_steps3x` with three times the steps; `_tta` the same trained network with each "
                      "test image scored as the mean softmax over its 8 flips and right-angle turns (bundle 0.13.0 "
                      "`eval_dihedral`); `_knn` / `_trunkvotep` as in case_vote.md. Paired per seed with "
-                     "`python benchmarks/regimes/paired_deltas.py A B --csv benchmarks/results/second_trunk.csv`."),
+                     "`python benchmarks/regimes/paired_deltas.py A B --csv benchmarks/results/second_trunk.csv`. "
+                     "Session 28, self-training: `_st` students fine-tuned from the same trunk on the 3% labelled images plus the "
+                     "unlabelled rest of the training split wherever the teacher `vit_cs_ssl_all5_mx_tta` (same seed) gives a class "
+                     "probability >= 0.9, under its label (bundle 0.14.0 pseudo_label.json; true labels of those images unread). "
+                     "`vit_cs_ssl_all5_st` the plain ViT, `_mx_st` with mixup 0.2, `movit_cs_ssl_all5_st` the memory ViT (its memory "
+                     "written with the pseudo-labelled images too). Same steps as the 3% cells; `train_images` counts the labelled "
+                     "images only, `epochs` shows the larger training set."),
     "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
                    "Session 25: seeds 3, 4 and 5 of the PBC 10% plain ViT from the `cs_all5` trunk, its k-NN and the memory ViT "
                    "trained with its read alone (`movit_cs_ssl_all5_nv`); seeds 3 and 4 of the LC25000 1% plain ViT from the `cs_pool10` "

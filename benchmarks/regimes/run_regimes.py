@@ -200,6 +200,10 @@ NETWORKS = {
     "vit_cs_ssl_all5_mx_st": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2,
                               "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.9},
     "vit_cs_ssl_all5_st": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.9},
+    # ... a student given three times the steps (the 1x students' validation ACC still rose at their last epoch), against
+    # the teacher's recipe given the same (vit_cs_ssl_all5_mx_steps3x, session 27)
+    "vit_cs_ssl_all5_mx_st_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2,
+                                      "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.9, "step_scale": 3},
     # ... and the memory ViT as the student: its memory is written with the pseudo-labelled images too
     "movit_cs_ssl_all5_st": {**MOVIT, "stem": "conv", "pretrain": "cs_all5", "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.9},
     # ... and the plain ViT fine-tuned from the cs_pool10 trunk pre-trained with seed 1: the pre-training seed's share
