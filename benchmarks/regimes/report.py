@@ -87,9 +87,10 @@ HEADINGS = {
                      "Session 28, self-training: `_st` students fine-tuned from the same trunk on the 3% labelled images plus the "
                      "unlabelled rest of the training split wherever the teacher `vit_cs_ssl_all5_mx_tta` (same seed) gives a class "
                      "probability >= 0.9, under its label (bundle 0.14.0 pseudo_label.json; true labels of those images unread). "
-                     "`vit_cs_ssl_all5_st` the plain ViT, `_mx_st` with mixup 0.2, `movit_cs_ssl_all5_st` the memory ViT (its memory "
-                     "written with the pseudo-labelled images too). Same steps as the 3% cells; `train_images` counts the labelled "
-                     "images only, `epochs` shows the larger training set."),
+                     "`vit_cs_ssl_all5_mx_st` the plain ViT with mixup 0.2 (the teacher's recipe) at the 3% cells' steps, "
+                     "`_mx_st_steps3x` with three times them, against `vit_cs_ssl_all5_mx_steps3x` (the teacher's recipe given the same). "
+                     "`train_images` counts the labelled images only; `epochs` shows the larger training set. How many images joined "
+                     "and how many of their labels are right: [pseudo_label_quality_pbc_blood_cells_96_r3.md](pseudo_label_quality_pbc_blood_cells_96_r3.md)."),
     "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
                    "Session 25: seeds 3, 4 and 5 of the PBC 10% plain ViT from the `cs_all5` trunk, its k-NN and the memory ViT "
                    "trained with its read alone (`movit_cs_ssl_all5_nv`); seeds 3 and 4 of the LC25000 1% plain ViT from the `cs_pool10` "
