@@ -88,7 +88,8 @@ HEADINGS = {
                      "unlabelled rest of the training split wherever the teacher `vit_cs_ssl_all5_mx_tta` (same seed) gives a class "
                      "probability >= 0.9, under its label (bundle 0.14.0 pseudo_label.json; true labels of those images unread). "
                      "`vit_cs_ssl_all5_mx_st` the plain ViT with mixup 0.2 (the teacher's recipe) at the 3% cells' steps, "
-                     "`_mx_st_steps3x` with three times them, against `vit_cs_ssl_all5_mx_steps3x` (the teacher's recipe given the same). "
+                     "`_mx_st_steps3x` with three times them, against `vit_cs_ssl_all5_mx_steps3x` (the teacher's recipe given the same); `movit_cs_ssl_all5_st` the memory ViT as the student "
+                     "(its memory holds the pseudo-labelled images too; no mixup, which the memory refuses; run alone with 2 threads). "
                      "`train_images` counts the labelled images only; `epochs` shows the larger training set. How many images joined "
                      "and how many of their labels are right: [pseudo_label_quality_pbc_blood_cells_96_r3.md](pseudo_label_quality_pbc_blood_cells_96_r3.md)."),
     "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
