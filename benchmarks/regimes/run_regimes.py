@@ -277,10 +277,9 @@ def pseudo_manifest_path(dataset: str, network: str, regime: int, seed: int, run
 def pseudo_manifest(dataset: str, network: str, regime: int, seed: int, runs: Path, manifest: dict) -> Path:
     """The self-training manifest of student ``network`` (made on first use, as the bundle's pseudo_label.json makes it):
     the regime's labelled images plus the unlabelled rest of the training split that its teacher, scored over the 8 flips
-    and turns, labels with probability >= its ``pseudo_threshold``. A report beside it (``.quality.json``) counts how many
-    of those labels are right; that reads the true labels, for the record only."""
+    and turns, labels with probability >= its ``pseudo_threshold``. How many of those labels are right:
+    ``pseudo_label_quality.py``."""
     import medmem
-    from medmem.atomic import write_json_atomic
     from medmem.engine.pseudo_label import write_pseudo_labelled_manifest
 
     path = pseudo_manifest_path(dataset, network, regime, seed, runs)
@@ -288,17 +287,13 @@ def pseudo_manifest(dataset: str, network: str, regime: int, seed: int, runs: Pa
         return path
     settings, cfg = NETWORKS[network], DATASETS[dataset]
     teacher = settings["teacher"]
-    load_trained(dataset, teacher, regime, seed, runs, manifest)  # refuses an unfinished teacher
+    net = load_trained(dataset, teacher, regime, seed, runs, manifest)  # refuses an unfinished teacher
     summary = write_pseudo_labelled_manifest(
-        build(dataset, teacher, len(manifest["classes"])), runs / dataset / f"{teacher}_r{regime}_s{seed}" / "models" / "model_full.pt",
+        net, runs / dataset / f"{teacher}_r{regime}_s{seed}" / "models" / "model_full.pt",
         medmem.engine.resolve_manifest(dataset), regime, medmem.data.eval_transforms(cfg["image_size"], cfg["in_channels"]),
         path, threshold=settings["pseudo_threshold"], dihedral=True, batch_size=256,
     )  # fmt: skip
-    truth = {e["sha256"]: e["label"] for e in manifest["training"]}
-    joined = [e for e in medmem.data.load_manifest(path)["training"] if e["pseudo_label"]]
-    quality = {**summary, "label_acc": sum(e["label"] == truth[e["sha256"]] for e in joined) / max(1, len(joined))}
-    write_json_atomic(quality, path.with_suffix(".quality.json"))
-    print(f"    pseudo-labels: {json.dumps(quality)}", flush=True)
+    print(f"    pseudo-labels: {json.dumps(summary)}", flush=True)
     return path
 
 
@@ -360,7 +355,7 @@ def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Pat
     bundle(["train.json", "evaluate.json"], {**overrides, "eval_memory_mode": eval_mode}, log)
     report = json.loads((out / f"eval_test_{eval_mode}" / "test_metrics.json").read_text())
     wall = time.time() - start  # this cell's own time (a *_proto cell reuses an already trained network)
-    # train_images counts labelled images: a student's pseudo-labelled ones are in its .quality.json and its epochs
+    # train_images counts labelled images: a student's pseudo-labelled ones are in its manifest's .summary.json and its epochs
     return {"train_images": train_images(manifest, regime), "epochs": epochs, "acc": report["acc"], "auc": report["auc"], "f1": report["f1"], "wall_s": round(wall, 1)}
 
 
