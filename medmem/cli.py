@@ -105,6 +105,8 @@ def _cmd_memory(args: argparse.Namespace) -> int:
             for case in listing["cases"]:
                 sources[case["source"]] = sources.get(case["source"], 0) + 1
             print("sources: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items())))
+            if listing["pseudo_labelled"]:
+                print(f"pseudo-labelled (class given by a teacher network, not a person): {listing['pseudo_labelled']}")
             return 0
         if args.action == "add":
             if args.manifest:

@@ -257,6 +257,14 @@ def test_pseudo_label_writes_a_self_training_manifest_that_the_bundle_trains_on(
     bundle("run", ["train.json"], {**overrides, "dataset": str(manifest), "regime": 100, "epochs": 1, "output_dir": str(student)})
     last = torch.load(student / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
     assert int(last["model"]["blocks.1.attn.memory.num_rows"]) == len(derived["training"])
+    # its memory tables and model card say which stored cases a teacher labelled, for the evidence predictions show
+    bundle("run", ["train.json", "summarize.json"], {**overrides, "dataset": str(manifest), "regime": 100, "epochs": 1, "output_dir": str(student),
+                                                     "summary_epochs": 1})  # fmt: skip
+    flag = {e["image"]: e["pseudo_label"] for e in derived["training"]}
+    stored = json.loads((student / "models" / "memory_cases.json").read_text())["cases"]
+    assert len(stored) == len(flag) and all(c["pseudo_label"] == flag[c["case_id"]] for c in stored.values())
+    card = json.loads((student / "models" / "model.json").read_text())["training_cases"]
+    assert card and all(pseudo == flag[case_id] for case_id, _, pseudo in card.values())
 
 
 def test_pixel_retrieval_trains_with_the_regime_in_its_index_and_evaluates_from_the_checkpoint(tmp_path, data_root):

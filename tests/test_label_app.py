@@ -72,7 +72,9 @@ def server(tmp_path_factory, data_root):
     ids = list(range(len(memory_images)))
     vote = PixelCaseVote(len(CLASSES), 1, size=8, k=3).fit(x, torch.tensor([c for c, _ in memory_images]), torch.tensor(ids))
     vote.weight.fill_(0.5)
-    items = [{"sample_id": i, "label": c, "case_id": f"Training/{CLASSES[c]}/{p.name}"} for i, (c, p) in enumerate(memory_images)]
+    # the no_tumor cases came from a self-training manifest: a teacher network labelled them, not a person
+    items = [{"sample_id": i, "label": c, "case_id": f"Training/{CLASSES[c]}/{p.name}", "pseudo_label": CLASSES[c] == "no_tumor"} for i, (c, p) in enumerate(memory_images)]
+    (models / "memory_cases.json").write_text(json.dumps({"cases": memory_case_table(ids, items, CLASSES)}))
     save_case_vote(vote, memory_case_table(ids, items, CLASSES), models / "case_vote.pt")
     studies = tmp / "studies"
     studies.mkdir()
@@ -95,7 +97,7 @@ def server(tmp_path_factory, data_root):
                 proc.kill()
                 pytest.fail("MONAI Label server did not start:\n" + (tmp / "server.log").read_text()[-4000:])
             time.sleep(1)
-    yield {"base": base, "models": models, "proc": proc, "log": tmp / "server.log"}
+    yield {"base": base, "models": models, "proc": proc, "log": tmp / "server.log", "memory_images": memory_images}
     if proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=30)
@@ -127,7 +129,11 @@ def test_annotation_loop(server):
     assert recalled.get("monailabel:case0") == "glioma_tumor"  # the next inference reads the new case
     assert after["familiarity"] > first["familiarity"]
     # the case vote took the label too: the image's nearest case in pixels is now itself, with its class
-    assert after["pixel_similar_cases"][0] == {"case_id": "monailabel:case0", "class": "glioma_tumor", "cosine": pytest.approx(1.0, abs=1e-4)}
+    # (an annotator's label: not a pseudo-label)
+    assert after["pixel_similar_cases"][0] == {"case_id": "monailabel:case0", "class": "glioma_tumor", "pseudo_label": False, "cosine": pytest.approx(1.0, abs=1e-4)}
+    pseudo = {f"Training/no_tumor/{p.name}" for c, p in server["memory_images"] if CLASSES[c] == "no_tumor"}
+    shown = [c for row in (first, after) for key in ("similar_cases", "pixel_similar_cases") for c in row[key]]
+    assert all(c["pseudo_label"] == (c["case_id"] in pseudo) for c in shown) and any(c["pseudo_label"] for c in shown)
 
     proposal = call(base, "POST", "/activelearning/most_uncertain")
     assert proposal["id"] in {"case1", "case2", "case3"}  # labelled images are not proposed again

@@ -95,6 +95,26 @@ def test_relabel_changes_the_stored_label_and_refuses_unknown(tmp_path):
         md.add([{"image": torch.zeros(1, 16, 16), "label": 7, "case_id": "x.png"}], source="s")
 
 
+def test_pseudo_labelled_cases_are_listed_as_such_until_a_person_relabels_them(tmp_path):
+    md = make_model_dir(tmp_path, memory_labels=True)
+    items = new_items(3, label=0)
+    items[0]["pseudo_label"] = items[2]["pseudo_label"] = True  # from a self-training manifest: a teacher network's class
+    items[1]["pseudo_label"] = False
+    md.add(items, source="self-training")
+    flags = {c["case_id"]: c["pseudo_label"] for c in md.listing()["cases"] if c["case_id"].startswith("site/")}
+    assert flags == {"site/case0.png": True, "site/case1.png": False, "site/case2.png": True} and md.listing()["pseudo_labelled"] == 2
+    md.relabel(["site/case0.png"], "a")  # a person confirms the class: no longer a pseudo-label, even unchanged
+    md.save()
+    listed = {c["case_id"]: c for c in md.listing()["cases"]}
+    assert not listed["site/case0.png"]["pseudo_label"] and listed["site/case2.png"]["pseudo_label"]
+    # the saved case table and the model card carry the flag of every case they name
+    saved = json.loads((tmp_path / "memory_cases.json").read_text())["cases"]
+    assert {c["case_id"]: c["pseudo_label"] for c in saved.values() if c["case_id"].startswith("site/")} == {
+        "site/case0.png": False, "site/case1.png": False, "site/case2.png": True}  # fmt: skip
+    card = json.loads((tmp_path / "model.json").read_text())["training_cases"]
+    assert card and all(flag == saved[sid].get("pseudo_label", False) for sid, (_, _, flag) in card.items())
+
+
 @pytest.mark.parametrize("method", ["kmeans", "assign"])
 def test_refreshed_prototypes_follow_the_added_cases(tmp_path, method):
     """Adding many cases of one class moves the prototypes' members towards them, either method."""
@@ -105,7 +125,7 @@ def test_refreshed_prototypes_follow_the_added_cases(tmp_path, method):
     net, card = load_deployable(str(tmp_path / "model.pt"))
     members = {int(i) for layer in net.memory_layers() for i in layer.proto_members.flatten().tolist() if i >= 0}
     assert any(i >= 12 for i in members)
-    assert any(name.startswith("site/") for name, _ in card["training_cases"].values())
+    assert any(name.startswith("site/") for name, *_ in card["training_cases"].values())
     assert net.memory_size() == 0  # the deployable carries prototypes only
 
 

@@ -31,7 +31,9 @@ def deployable(tmp_path_factory) -> Path:
     drop_full_memory(model)
     folder = tmp_path_factory.mktemp("model")
     torch.save(model.state_dict(), folder / "model.pt")
-    cases = {str(int(i)): [f"train/case_{int(i)}.png", ["a", "b", "c"][int(c)]] for i, c in zip(ids, y)}
+    # ids divisible by 4 were pseudo-labelled by a teacher network; 111 is named as cards before bundle 0.15.0 named cases
+    cases = {str(int(i)): [f"train/case_{int(i)}.png", ["a", "b", "c"][int(c)], int(i) % 4 == 0] for i, c in zip(ids, y)}
+    cases["111"] = cases["111"][:2]
     from medmem.engine.summarize import familiarity_threshold
 
     threshold = familiarity_threshold(model, [{"image": x}])
@@ -87,6 +89,11 @@ def test_rows_errors_and_evidence(deployable, mixed_folder, tmp_path):
     first = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
     assert 1 <= len(first["similar_cases"]) <= 5
     assert all(c["case"].startswith("train/case_") and c["class"] in "abc" for c in first["similar_cases"])
+    # every case says whether a teacher network gave its class, in the JSON lines and in the table
+    shown = [c for line in (out / "predictions.jsonl").read_text().splitlines() for c in json.loads(line)["similar_cases"]]
+    assert all(c["pseudo_label"] == (c["sample_id"] % 4 == 0) for c in shown) and {c["pseudo_label"] for c in shown} == {True, False}
+    cells = [cell for r in rows for cell in r["similar_cases"].split("; ")]
+    assert all(cell.endswith(":pseudo-label") == (int(cell.split(":")[0]) % 4 == 0) for cell in cells)
 
 
 def test_no_patient_identifiers_in_outputs(deployable, mixed_folder, tmp_path):
@@ -213,7 +220,7 @@ def predict_with_a_fitted_vote(deployable: Path, folder: Path, tmp_path: Path, *
     torch.manual_seed(1)
     x, y, ids = torch.rand(12, 1, 16, 16), torch.arange(12) % 3, torch.arange(12) + 100
     network, card = load_deployable(str(deployable))
-    datalist = [{"sample_id": int(i), "label": int(c), "case_id": f"train/case_{int(i)}.png"} for i, c in zip(ids, y)]
+    datalist = [{"sample_id": int(i), "label": int(c), "case_id": f"train/case_{int(i)}.png", "pseudo_label": int(i) % 4 == 0} for i, c in zip(ids, y)]
     path = tmp_path / "case_vote.pt"
     report = fit_case_vote(network, str(deployable), [{"image": x, "label": y, "sample_id": ids}], [{"image": x[:6], "label": y[:6]}],
                            str(path), str(tmp_path / "report.json"), k=4, class_names=["a", "b", "c"], training_datalist=datalist,
@@ -239,6 +246,7 @@ def test_case_vote_fuses_at_its_weight_and_names_the_training_cases_that_voted(d
     nearest, cosines = vote.nearest(image)
     assert [c["sample_id"] for c in row["pixel_similar_cases"]] == (ids[nearest[0, :3]]).tolist()
     assert all(c["case"] == f"train/case_{c['sample_id']}.png" and c["class"] == "abc"[(c["sample_id"] - 100) % 3] for c in row["pixel_similar_cases"])
+    assert all(c["pseudo_label"] == (c["sample_id"] % 4 == 0) for c in row["pixel_similar_cases"])
     assert [c["cosine"] for c in row["pixel_similar_cases"]] == pytest.approx(cosines[0, :3].tolist(), abs=1e-4)
     assert read_csv(out / "predictions.csv")[0]["pixel_similar_cases"].count(":train/case_") == 3
     # without it: the network's own probabilities and no pixel cases; a case vote for other images is refused by name

@@ -20,7 +20,9 @@ def load_datalist(
 ) -> list[dict]:
     """Entries of ``split`` with absolute image paths, ready for ``monai.data.Dataset``.
 
-    Each entry: ``{"image": abs path or npz ref, "label": int, "sample_id": int, "case_id": str}``.
+    Each entry: ``{"image": abs path or npz ref, "label": int, "sample_id": int, "case_id": str}``, plus
+    ``"pseudo_label": bool`` from a self-training manifest (:mod:`medmem.data.pseudo_labels`), whose entries say whether
+    a teacher network, not a person, gave the label; it follows the case into memory tables and prediction evidence.
     ``sample_id`` is the entry's index in the *full* training list, so the memory addresses a training
     case the same way in every regime; validation and test entries get ``-1``.
     ``regime`` (1, 3, 10, 30, 100 percent) selects the nested subset of training.
@@ -50,6 +52,7 @@ def load_datalist(
                 "label": int(e["label"]),
                 "sample_id": int(i) if split == "training" else NOT_IN_MEMORY,
                 "case_id": e["image"],
+                **({"pseudo_label": bool(e["pseudo_label"])} if "pseudo_label" in e else {}),
                 **({} if groups is None else {"source_group": groups[i]}),
             }
         )

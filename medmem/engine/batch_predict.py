@@ -165,8 +165,21 @@ def _evidence_rows(network: torch.nn.Module, card: dict, top: int) -> tuple[list
                     if sid >= 0:
                         score[sid] += share
         best = sorted(score.items(), key=lambda kv: -kv[1])[:top]
-        out.append([{"sample_id": sid, "case": cases.get(str(sid), ["", ""])[0], "class": cases.get(str(sid), ["", ""])[1], "weight": round(s, 4)} for sid, s in best])
+        out.append([{**card_case(cases, sid), "weight": round(s, 4)} for sid, s in best])
     return [float(r) for r in ev["reliance"]], out, [float(f) for f in ev["familiarity"]]
+
+
+def card_case(cases: dict[str, list], sid: int) -> dict:
+    """One training case of the model card's ``training_cases`` as evidence: ``{sample_id, case, class, pseudo_label}``.
+    Cards written before bundle 0.15.0 hold ``[case_id, class]`` only: their cases read as labelled by a person."""
+    case_id, name, *rest = cases.get(str(sid), ["", ""])
+    return {"sample_id": sid, "case": case_id, "class": name, "pseudo_label": bool(rest[0]) if rest else False}
+
+
+def case_cell(case: dict) -> str:
+    """A case in the CSV's evidence columns: ``sample_id:case:class``, with ``:pseudo-label`` where a teacher network,
+    not a person, gave the class."""
+    return f"{case['sample_id']}:{case['case']}:{case['class']}" + (":pseudo-label" if case.get("pseudo_label") else "")
 
 
 def voted_case_rows(vote: CaseVote, cases: dict[str, dict], index: torch.Tensor, sims: torch.Tensor, top: int) -> list[list[dict]]:
@@ -179,7 +192,8 @@ def voted_case_rows(vote: CaseVote, cases: dict[str, dict], index: torch.Tensor,
             sid = int(vote.sample_ids[position])
             case = cases.get(str(sid), {})
             label = int(vote.labels[position])
-            found.append({"sample_id": sid, "case": case.get("case_id", ""), "class": case.get("label", str(label)), "cosine": round(cosine, 4)})
+            found.append({"sample_id": sid, "case": case.get("case_id", ""), "class": case.get("label", str(label)), "pseudo_label": bool(case.get("pseudo_label", False)),
+                          "cosine": round(cosine, 4)})  # fmt: skip
         rows.append(found)
     return rows
 
@@ -360,7 +374,7 @@ def merge_outputs(out: Path, classes: list[str], explain: bool) -> dict:
     header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["memory_reliance", "familiarity", "out_of_distribution", "similar_cases", *CASE_EVIDENCE_KEYS]
     table = []
     for r in ordered:
-        cases = ["; ".join(f"{c['sample_id']}:{c['case']}:{c['class']}" for c in r.get(key, [])) for key in ("similar_cases", *CASE_EVIDENCE_KEYS)]
+        cases = ["; ".join(case_cell(c) for c in r.get(key, [])) for key in ("similar_cases", *CASE_EVIDENCE_KEYS)]
         table.append([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [r["memory_reliance"], r["familiarity"], r["out_of_distribution"], *cases])
     write_text_atomic(csv_text(header, table), out / "predictions.csv")
     write_text_atomic(csv_text(["input", "reason"], sorted(errors.items())), errors_csv)

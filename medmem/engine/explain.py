@@ -53,7 +53,8 @@ def render_evidence(path: Path, image: torch.Tensor, attention: torch.Tensor | N
     for ax, (case, img) in zip(axes[2:], shown):
         if img is not None:
             ax.imshow(_display(img), cmap="gray" if img.shape[0] == 1 else None)
-        ax.set_title(f"{case['class']} ({case['weight']:.2f})\n{os.path.basename(case['case'])[:24]}", fontsize=7)
+        pseudo = ", pseudo-label" if case.get("pseudo_label") else ""  # the class came from a teacher network, not a person
+        ax.set_title(f"{case['class']} ({case['weight']:.2f}{pseudo})\n{os.path.basename(case['case'])[:24]}", fontsize=7)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
@@ -70,7 +71,7 @@ def write_index(out_dir: Path, rows: list[dict], classes: list[str]) -> Path:
         p = max(r["probabilities"].values())
         flag = ' <b class="ood">out of distribution</b>' if r.get("out_of_distribution") else ""
         img = f'explain/{safe_name(r["input"])}.png'
-        similar = ", ".join(html.escape(f"{c['class']}") for c in r.get("similar_cases", [])[:4])
+        similar = ", ".join(html.escape(c["class"]) + (" <i>(pseudo-label)</i>" if c.get("pseudo_label") else "") for c in r.get("similar_cases", [])[:4])
         body.append(
             f"<tr><td>{html.escape(r['input'])}</td><td>{html.escape(r['predicted'])} ({p:.2f}){flag}</td>"
             f"<td>{r.get('memory_reliance')}</td><td>{similar}</td><td><a href=\"{img}\"><img src=\"{img}\" height=\"110\"></a></td></tr>"

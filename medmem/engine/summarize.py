@@ -145,25 +145,27 @@ def load_prototype_state(network: torch.nn.Module, state: list[dict[str, torch.T
 
 
 def case_table(network: torch.nn.Module, datalist: list[dict], class_names: list[str]) -> dict[str, list]:
-    """``{sample_id: [case_id, class name]}`` for the training cases the prototypes stand for."""
+    """``{sample_id: [case_id, class name, pseudo_label]}`` for the training cases the prototypes stand for;
+    ``pseudo_label`` is true where a teacher network gave the class (a self-training manifest), not a person."""
     wanted = {int(i) for layer in network.memory_layers() for i in layer.proto_members.flatten().tolist() if i >= 0}
     table = {}
     for item in datalist:
         if int(item["sample_id"]) in wanted:
             label = int(item["label"])
-            table[str(item["sample_id"])] = [item.get("case_id", ""), class_names[label] if label < len(class_names) else str(label)]
+            name = class_names[label] if label < len(class_names) else str(label)
+            table[str(item["sample_id"])] = [item.get("case_id", ""), name, bool(item.get("pseudo_label", False))]
     return table
 
 
 def memory_case_table(sample_ids: list[int], datalist: list[dict], class_names: list[str]) -> dict[str, dict]:
-    """``{sample_id: {case_id, label, source}}`` for every sample in the full memory (for memory edits)."""
+    """``{sample_id: {case_id, label, source, pseudo_label}}`` for every sample in the full memory (for memory edits)."""
     by_id = {int(item["sample_id"]): item for item in datalist}
     table = {}
     for sid in sample_ids:
         item = by_id.get(int(sid), {})
         label = int(item.get("label", -1))
         name = class_names[label] if 0 <= label < len(class_names) else "unknown"
-        table[str(sid)] = {"case_id": item.get("case_id", f"sample-{sid}"), "label": name, "source": "training"}
+        table[str(sid)] = {"case_id": item.get("case_id", f"sample-{sid}"), "label": name, "source": "training", "pseudo_label": bool(item.get("pseudo_label", False))}
     return table
 
 

@@ -121,15 +121,18 @@ class ModelDirectory:
         return digest.hexdigest()
 
     def listing(self) -> dict:
-        """``{"per_class": {class: count}, "cases": [{sample_id, case_id, class, source}], "checksum"}``."""
+        """``{"per_class": {class: count}, "pseudo_labelled": count, "cases": [{sample_id, case_id, class, source, pseudo_label}],
+        "checksum"}``."""
         rows = []
         for sid in self.memory.row_ids[: self.memory.num_written].tolist():
             info = self.cases.get(str(sid), {})
-            rows.append({"sample_id": sid, "case_id": info.get("case_id", ""), "class": info.get("label", ""), "source": info.get("source", "")})
+            rows.append({"sample_id": sid, "case_id": info.get("case_id", ""), "class": info.get("label", ""), "source": info.get("source", ""),
+                         "pseudo_label": bool(info.get("pseudo_label", False))})  # fmt: skip
         per_class: dict[str, int] = {}
         for row in rows:
             per_class[row["class"]] = per_class.get(row["class"], 0) + 1
-        return {"samples": len(rows), "per_class": per_class, "cases": rows, "checksum": self.checksum()}
+        pseudo = sum(row["pseudo_label"] for row in rows)
+        return {"samples": len(rows), "per_class": per_class, "pseudo_labelled": pseudo, "cases": rows, "checksum": self.checksum()}
 
     def _ids_of(self, case_ids: Iterable[str]) -> dict[str, int]:
         """case id (or ``sample-<id>`` / bare sample id) -> sample id; unknown ids raise with the list."""
@@ -171,7 +174,7 @@ class ModelDirectory:
             if self.case_vote is not None:
                 self.case_vote.add(x, labels, ids)
             for sid, it in zip(ids.tolist(), chunk):
-                self.cases[str(sid)] = {"case_id": it["case_id"], "label": self._name(int(it["label"])), "source": source}
+                self.cases[str(sid)] = {"case_id": it["case_id"], "label": self._name(int(it["label"])), "source": source, "pseudo_label": bool(it.get("pseudo_label", False))}
         self._audit("add", [it["case_id"] for it in todo], before, extra={"source": source, "skipped_already_held": len(items) - len(todo)})
         return {"added": len(todo), "skipped": len(items) - len(todo), "seconds": time.perf_counter() - start}
 
@@ -188,8 +191,8 @@ class ModelDirectory:
                 layer.memory.row_labels[layer.memory.id_to_row[sid]] = label
         if self.case_vote is not None:
             self.case_vote.relabel(list(ids.values()), label)
-        for sid in ids.values():
-            self.cases[str(sid)]["label"] = self._name(label)
+        for sid in ids.values():  # a person chose this class: the case is no longer pseudo-labelled
+            self.cases[str(sid)].update(label=self._name(label), pseudo_label=False)
         self._audit("relabel", list(ids), before, extra={"new_class": self._name(label)})
         return len(ids)
 
@@ -262,7 +265,8 @@ class ModelDirectory:
             self.case_vote_cases = {str(s): named[str(s)] for s in self.case_vote.sample_ids.tolist() if str(s) in named}
             save_case_vote(self.case_vote, self.case_vote_cases, self.case_vote_path)
         members = {int(i) for layer in self.network.memory_layers() for i in layer.proto_members.flatten().tolist() if i >= 0}
-        training_cases = {str(s): [self.cases[str(s)]["case_id"], self.cases[str(s)]["label"]] for s in sorted(members) if str(s) in self.cases}
+        training_cases = {str(s): [self.cases[str(s)]["case_id"], self.cases[str(s)]["label"], bool(self.cases[str(s)].get("pseudo_label", False))]
+                          for s in sorted(members) if str(s) in self.cases}  # fmt: skip
         write_model_card(deployable, str(self.card_path), self.class_names, training_cases, self.card.get("ood_threshold"), self.card.get("augmentation"))
 
     def _audit(self, action: str, case_ids: list[str], checksum_before: str, extra: dict | None = None) -> None:

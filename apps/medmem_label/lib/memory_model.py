@@ -73,14 +73,14 @@ class MemoryModel:
                 found = md.case_vote.nearest(x)
                 probs = md.case_vote.fuse_found(probs[None], *found)[0]
                 cases = voted_case_rows(md.case_vote, md.case_vote_cases, *found, top_cases)[0]
-                voted[md.case_vote.evidence_key] = [{"case_id": c["case"], "class": c["class"], "cosine": c["cosine"]} for c in cases]
+                voted[md.case_vote.evidence_key] = [{"case_id": c["case"], "class": c["class"], "pseudo_label": c["pseudo_label"], "cosine": c["cosine"]} for c in cases]
             weights = ev["weights"][0].mean(0)  # (k,) averaged over heads
             owners = ev["sample_ids"][0, 0, :, 0]  # (k,) first head's neighbours
             similar = []
             for w, sid in sorted(zip(weights.tolist(), owners.tolist()), reverse=True):
                 info = md.cases.get(str(int(sid)))
                 if sid >= 0 and info and len(similar) < top_cases:
-                    similar.append({"case_id": info["case_id"], "class": info["label"], "weight": round(w, 4)})
+                    similar.append({"case_id": info["case_id"], "class": info["label"], "pseudo_label": bool(info.get("pseudo_label", False)), "weight": round(w, 4)})
             return {
                 "probabilities": probs.tolist(),
                 "familiarity": float(ev["familiarity"][0]),
