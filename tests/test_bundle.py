@@ -213,6 +213,12 @@ def test_case_vote_is_weighed_on_validation_and_fused_into_evaluation(trained):
     row = (out / "inference" / "predictions.csv").read_text().splitlines()[1].split(",")
     one = x[:1]
     torch.testing.assert_close(torch.tensor([float(v) for v in row[2:]]), vote(network_probabilities(net, one), one)[0], atol=1e-4, rtol=0)
+    # the same with the network's softmax averaged over the 8 flips and turns (inference_dihedral)
+    bundle("run", ["train.json", "inference.json"], {**overrides, "inference_memory_mode": "full", "inference_case_vote": "true", "inference_dihedral": "true",
+                                                     "input_paths": [str(folder)]})  # fmt: skip
+    row = (out / "inference" / "predictions.csv").read_text().splitlines()[1].split(",")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor([float(v) for v in row[2:]]), vote(dihedral_probabilities(net, one), one)[0], atol=1e-4, rtol=0)
 
 
 def test_pseudo_label_writes_a_self_training_manifest_that_the_bundle_trains_on(trained, tmp_path):

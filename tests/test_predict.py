@@ -96,6 +96,35 @@ def test_rows_errors_and_evidence(deployable, mixed_folder, tmp_path):
     assert all(cell.endswith(":pseudo-label") == (int(cell.split(":")[0]) % 4 == 0) for cell in cells)
 
 
+def test_dihedral_averages_the_probabilities_and_keeps_the_images_own_evidence(deployable, mixed_folder, tmp_path):
+    from medmem.engine.batch_predict import Study, StudyLoader, load_deployable
+    from medmem.engine.dihedral import dihedral_probabilities
+
+    plain, averaged = tmp_path / "plain", tmp_path / "averaged"
+    run_prediction([str(mixed_folder)], str(deployable), str(plain), batch_size=4)
+    run_prediction([str(mixed_folder)], str(deployable), str(averaged), batch_size=4, dihedral=True)
+    one = {json.loads(line)["input"]: json.loads(line) for line in (plain / "predictions.jsonl").read_text().splitlines()}
+    eight = {json.loads(line)["input"]: json.loads(line) for line in (averaged / "predictions.jsonl").read_text().splitlines()}
+    assert set(one) == set(eight) == EXPECTED_INPUTS and {r["views"] for r in one.values()} == {1} and {r["views"] for r in eight.values()} == {8}
+    network, card = load_deployable(str(deployable))
+    image = StudyLoader(card["network"]["img_size"], 1, 2).load(Study("cell.jpg", str(mixed_folder / "cell.jpg")))[None]
+    with torch.no_grad():
+        by_hand = dihedral_probabilities(network, image)[0]
+    assert [eight["cell.jpg"]["probabilities"][c] for c in "abc"] == pytest.approx(by_hand.tolist(), abs=1e-5)
+    assert any(eight[k]["probabilities"] != one[k]["probabilities"] for k in one)  # the views changed something
+    for key in one:  # the evidence is the image's own, as without the views
+        for field in ("memory_reliance", "familiarity", "out_of_distribution", "similar_cases"):
+            assert eight[key][field] == one[key][field], (key, field)
+
+
+def test_dihedral_refuses_a_model_whose_input_a_turn_would_not_fit(deployable, mixed_folder, tmp_path):
+    volume = MemoryViT(1, 16, 8, 3, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=4, num_prototypes=8, spatial_dims=3)
+    torch.save(volume.state_dict(), tmp_path / "volume.pt")
+    write_model_card(volume, str(tmp_path / "volume.json"), ["a", "b", "c"], {}, None)
+    with pytest.raises(ValueError, match=r"volume\.pt: averaging over flips and turns needs a 2D model with square input, this one takes \[16, 16, 16\]"):
+        run_prediction([str(mixed_folder)], str(tmp_path / "volume.pt"), str(tmp_path / "out"), dihedral=True)
+
+
 def test_no_patient_identifiers_in_outputs(deployable, mixed_folder, tmp_path):
     out = tmp_path / "out"
     run_prediction([str(mixed_folder)], str(deployable), str(out))

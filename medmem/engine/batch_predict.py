@@ -9,7 +9,8 @@ Outputs in the output folder:
   are appended per batch to part files, so an interrupted run keeps what it finished): input (relative path), series UID, predicted
   class, probabilities, memory reliance, familiarity and an out-of-distribution flag (familiarity
   below the threshold calibrated on the validation split by the summarise step), and the most
-  similar training cases recalled from the memory or prototypes (id, case, class); with ``case_vote``
+  similar training cases recalled from the memory or prototypes (id, case, class, and ``pseudo_label`` where a teacher
+  network gave the class); with ``dihedral`` the probabilities are averaged over 8 flips and turns; with ``case_vote``
   (the bundle's ``models/case_vote.pt``) the probabilities are the network's fused with the case vote at its validated
   weight, and ``pixel_similar_cases`` (a pixel-space vote) or ``trunk_similar_cases`` (a vote in the pre-trained trunk's
   features) lists the training cases that voted (id, case, class, cosine);
@@ -22,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ from medmem.data.manifest import is_hidden
 from medmem.data.readers import DicomReader, ImageLoadError, is_dicom_file
 from medmem.data.transforms import LoadMedicalImage, match_channels, match_spatial_dims, scale_to_unit
 from medmem.engine.case_vote import CASE_EVIDENCE_KEYS, load_case_vote_file
+from medmem.engine.dihedral import dihedral_probabilities
 from medmem.engine.explain import attention_grid, render_evidence, safe_name, write_index
 from medmem.engine.predict import csv_text, describe_failure
 from medmem.memory.case_vote import CaseVote
@@ -182,6 +185,17 @@ def case_cell(case: dict) -> str:
     return f"{case['sample_id']}:{case['case']}:{case['class']}" + (":pseudo-label" if case.get("pseudo_label") else "")
 
 
+def check_dihedral_model(cfg: dict, card: dict, model_path: str) -> None:
+    """Refuse 8-view averaging for a model whose input a turn would not fit (3D, not square); warn when the model card says
+    the network was not trained with right-angle turns (``augmentation.rotate90`` false), whose views it never saw."""
+    size = list(cfg["img_size"])
+    if cfg.get("spatial_dims", 2) != 2 or len(size) != 2 or size[0] != size[1]:
+        raise ValueError(f"{model_path}: averaging over flips and turns needs a 2D model with square input, this one takes {size}")
+    if (card.get("augmentation") or {}).get("rotate90") is False:
+        print(f"warning: {model_path}: the model card says this network was not trained with right-angle turns; "
+              "its turned views may not mean what the image means (e.g. a chest X-ray's left and right)", file=sys.stderr)  # fmt: skip
+
+
 def voted_case_rows(vote: CaseVote, cases: dict[str, dict], index: torch.Tensor, sims: torch.Tensor, top: int) -> list[list[dict]]:
     """Per image: its ``top`` nearest training cases in the case vote's space (pixels or trunk), nearest first, from the positions and
     cosines (B, k) that ``vote.nearest`` found (the same search the fused vote reads)."""
@@ -269,10 +283,16 @@ def run_prediction(
     data_root: str | None = None,
     workers: int = 0,
     case_vote: str | None = None,
+    dihedral: bool = False,
 ) -> dict:
     """Predict every study under ``inputs``; see the module docstring for the outputs. With
     ``explain``, also ``explain/<input>.png`` per input and ``index.html``; recalled training cases are
     drawn when ``data_root`` (where the training images are) is given.
+
+    With ``dihedral`` the class probabilities are the mean over each image's 8 flips and right-angle turns
+    (:mod:`medmem.engine.dihedral`; 8 forward passes, 2D square models only; rows say ``"views": 8``). The evidence
+    (memory reliance, familiarity, similar cases, attention) stays that of the image itself, and a case vote compares
+    the image itself with its cases, fused at the weight validation chose for the single-view softmax.
 
     Under ``torchrun`` each process takes every N-th input and appends to its own part files
     (``predictions.part<rank>.jsonl``, ``errors.part<rank>.jsonl``); rank 0 merges them into one set of
@@ -289,6 +309,8 @@ def run_prediction(
         )
     if vote is not None and getattr(vote, "img_size", cfg["img_size"]) != list(cfg["img_size"]):  # a trunk vote is sized
         raise ValueError(f"{case_vote}: this case vote's trunk takes {vote.img_size} images, the model {cfg['img_size']}")
+    if dihedral:
+        check_dihedral_model(cfg, card, model_path)
     loader = StudyLoader(cfg["img_size"], cfg["in_channels"], cfg["spatial_dims"], slice_policy, window)
     for layer in network.memory_layers():
         layer.record_evidence = True
@@ -316,8 +338,8 @@ def run_prediction(
         if not batch:
             return
         images = torch.stack([t for _, t in batch])
-        with torch.no_grad():
-            probs = network(images).softmax(-1)
+        with torch.no_grad():  # the evidence is read from the last forward pass: the image itself in either case
+            probs = dihedral_probabilities(network, images) if dihedral else network(images).softmax(-1)
         reliance, similar, familiarity = _evidence_rows(network, card, top_cases)
         voted_cases: list[list[dict]] = []
         if vote is not None:
@@ -334,6 +356,7 @@ def run_prediction(
                     "series_uid": study.series_uid,
                     "predicted": classes[int(p.argmax())],
                     "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
+                    "views": 8 if dihedral else 1,
                     "memory_reliance": round(reliance[i], 4) if reliance else None,
                     "familiarity": round(familiarity[i], 4) if familiarity else None,
                     "out_of_distribution": bool(familiarity[i] < threshold) if familiarity and threshold is not None else None,

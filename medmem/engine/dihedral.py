@@ -26,8 +26,15 @@ def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
 
 
 def dihedral_probabilities(network: Any, images: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """Softmax of ``network`` (which returns logits (B, num_classes)) averaged over the 8 dihedral views: (B, num_classes)."""
-    return torch.stack([torch.softmax(network(view, *args, **kwargs), dim=-1) for view in dihedral_views(images)]).mean(0)
+    """Softmax of ``network`` (which returns logits (B, num_classes)) averaged over the 8 dihedral views: (B, num_classes).
+
+    The images as given are run last, so that what a memorising layer records of its last forward pass (evidence:
+    similar cases, attention maps, familiarity) is about the image itself, not one of its turns."""
+    views = dihedral_views(images)
+    probabilities: list[torch.Tensor] = [torch.empty(0)] * len(views)
+    for k in [*range(1, len(views)), 0]:
+        probabilities[k] = torch.softmax(network(views[k], *args, **kwargs), dim=-1)
+    return torch.stack(probabilities).mean(0)
 
 
 class DihedralInferer(Inferer):
