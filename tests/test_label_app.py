@@ -29,14 +29,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def call(base: str, method: str, path: str, files: dict | None = None, timeout: float = 120) -> dict:
-    """HTTP request; ``files`` {field: (filename, bytes)} as multipart/form-data."""
+def call(base: str, method: str, path: str, files: dict | None = None, timeout: float = 120, fields: dict | None = None) -> dict:
+    """HTTP request; ``files`` {field: (filename, bytes)} and ``fields`` {field: text} as multipart/form-data."""
     data, headers = None, {}
-    if files:
+    if files or fields:
         boundary = uuid.uuid4().hex
         parts = []
-        for field, (name, blob) in files.items():
+        for field, (name, blob) in (files or {}).items():
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode() + blob + b"\r\n")
+        for field, text in (fields or {}).items():
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n{text}\r\n'.encode())
         data = b"".join(parts) + f"--{boundary}--\r\n".encode()
         headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
     req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
@@ -80,6 +82,12 @@ def server(tmp_path_factory, data_root):
     studies.mkdir()
     for i, c in enumerate(CLASSES):  # unlabelled images the annotators will see
         shutil.copy(sorted((source / c).iterdir())[10], studies / f"case{i}.jpg")
+    # case0's probabilities by hand, from one view and averaged over its 8 flips and turns, fused with the vote
+    from medmem.engine.dihedral import dihedral_probabilities
+
+    with torch.no_grad():
+        x0 = chain({"image": str(studies / "case0.jpg")})["image"].float()[None]
+        by_hand = {1: vote(net.eval()(x0).softmax(-1), x0)[0].tolist(), 8: vote(dihedral_probabilities(net.eval(), x0), x0)[0].tolist()}
     port = free_port()
     env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(tmp / "sessions"), "MONAI_LABEL_TRACKING_ENABLED": "false", "MEDMEM_USER": "annotator"}
     cmd = [str(LABEL_PY), "-m", "monailabel.main", "start_server", "--app", str(REPO / "apps" / "medmem_label"), "--studies", str(studies),
@@ -97,7 +105,7 @@ def server(tmp_path_factory, data_root):
                 proc.kill()
                 pytest.fail("MONAI Label server did not start:\n" + (tmp / "server.log").read_text()[-4000:])
             time.sleep(1)
-    yield {"base": base, "models": models, "proc": proc, "log": tmp / "server.log", "memory_images": memory_images}
+    yield {"base": base, "models": models, "proc": proc, "log": tmp / "server.log", "memory_images": memory_images, "case0_by_hand": by_hand}
     if proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=30)
@@ -117,6 +125,13 @@ def test_annotation_loop(server):
     assert abs(sum(p["score"] for p in first["prediction"]) - 1.0) < 1e-4
     assert all(not c["case_id"].startswith("monailabel:") for c in first["similar_cases"])
     assert len(first["pixel_similar_cases"]) == 3 and all(c["case_id"].startswith("Training/") for c in first["pixel_similar_cases"])
+    # one view by default; a request may ask for the mean over the 8 flips and turns, with the same evidence
+    assert first["views"] == 1 and [p["score"] for p in first["prediction"]] == pytest.approx(server["case0_by_hand"][1], abs=1e-5)
+    eight = call(base, "POST", "/infer/medmem?image=case0&output=json", fields={"params": json.dumps({"dihedral": True})})
+    assert eight["views"] == 8 and [p["score"] for p in eight["prediction"]] == pytest.approx(server["case0_by_hand"][8], abs=1e-5)
+    assert server["case0_by_hand"][8] != pytest.approx(server["case0_by_hand"][1], abs=1e-4)
+    assert {k: eight[k] for k in ("similar_cases", "pixel_similar_cases", "familiarity", "memory_reliance")} == {
+        k: first[k] for k in ("similar_cases", "pixel_similar_cases", "familiarity", "memory_reliance")}  # fmt: skip
 
     proposal = call(base, "POST", "/activelearning/least_familiar")
     assert proposal["id"] in {"case0", "case1", "case2", "case3"}

@@ -5,7 +5,8 @@
 
 (``make label-server MODEL_DIR=... STUDIES=...`` does this in the app's own environment.)
 
-- infer ``medmem``: class probabilities plus the most similar memory cases, familiarity and reliance;
+- infer ``medmem``: class probabilities plus the most similar memory cases, familiarity and reliance
+  (``--conf dihedral true``, or ``{"dihedral": true}`` in a request's params: probabilities averaged over 8 flips and turns);
 - saving a label (a JSON file ``{"class": "<name>"}``, tag ``final``) writes the image into the memory
   at once: the next inference already reads it (the edit is in the model directory's audit log);
 - train ``medmem_finetune``: fine-tunes the layers after the memory on the datastore's labelled images;
@@ -31,7 +32,7 @@ class MedMemApp(MONAILabelApp):
         model_dir = conf.get("model_dir") or os.environ.get("MEDMEM_MODEL_DIR")
         if not model_dir:
             raise ValueError("medmem app: pass --conf model_dir <bundle run>/models (model_full.pt, model.json)")
-        self.memory_model = MemoryModel(model_dir, refresh=conf.get("memory_refresh", "kmeans"))
+        self.memory_model = MemoryModel(model_dir, refresh=conf.get("memory_refresh", "kmeans"), dihedral=str(conf.get("dihedral", "false")).lower() == "true")
         self.train_dir = conf.get("train_dir") or os.path.join(model_dir, "finetune_runs")
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="medmem", description="memory ViT classification with an editable memory",
                          labels=self.memory_model.class_names)  # fmt: skip

@@ -36,7 +36,8 @@ class MemoryClassifier(BasicInferTask):
         image = request.get("image")
         if not isinstance(image, str):
             raise ValueError("medmem infer: 'image' must be a datastore image id or a file path")
-        result = self.model.predict(image, int(request.get("top_cases", 5)))
+        dihedral = request.get("dihedral")  # a request's own choice, else the app's (--conf dihedral true)
+        result = self.model.predict(image, int(request.get("top_cases", 5)), None if dihedral is None else str(dihedral).lower() == "true")
         prediction = [{"idx": i, "label": name, "score": p} for i, (name, p) in enumerate(zip(self.model.class_names, result["probabilities"]))]
         best = max(prediction, key=lambda r: r["score"])
         return None, {"prediction": prediction, "label": best["label"], **{k: v for k, v in result.items() if k != "probabilities"}}

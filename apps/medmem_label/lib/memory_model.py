@@ -16,6 +16,7 @@ import torch
 
 from medmem.engine.batch_predict import voted_case_rows
 from medmem.engine.case_vote import CASE_EVIDENCE_KEYS
+from medmem.engine.dihedral import dihedral_probabilities
 from medmem.memory.editing import ModelDirectory
 
 logger = logging.getLogger(__name__)
@@ -25,8 +26,10 @@ LABEL_KEY = "class"
 
 
 class MemoryModel:
-    def __init__(self, model_dir: str, refresh: str = "kmeans") -> None:
-        self.model_dir, self.refresh = model_dir, refresh
+    def __init__(self, model_dir: str, refresh: str = "kmeans", dihedral: bool = False) -> None:
+        """``dihedral``: by default, average the class probabilities over each image's 8 flips and right-angle turns
+        (as ``medmem predict --dihedral``); a request can say otherwise."""
+        self.model_dir, self.refresh, self.dihedral = model_dir, refresh, dihedral
         self.lock = threading.RLock()
         self._load()
 
@@ -53,18 +56,20 @@ class MemoryModel:
             return self.directory
 
     @torch.no_grad()
-    def predict(self, image_path: str, top_cases: int = 5) -> dict:
+    def predict(self, image_path: str, top_cases: int = 5, dihedral: bool | None = None) -> dict:
         """Probabilities, evidence (similar memory cases with classes, familiarity, reliance) for one image. With a case
         vote in the model directory (``case_vote.pt``) the probabilities are fused with it at its validated weight and
         ``pixel_similar_cases`` (or ``trunk_similar_cases``, for a vote in the pre-trained trunk's features) lists the
-        cases nearest in its space that voted (labels saved here included)."""
+        cases nearest in its space that voted (labels saved here included). ``dihedral`` (default: the app's setting)
+        averages the network's probabilities over the image's 8 flips and turns; the evidence stays the image's own."""
+        views = 8 if (self.dihedral if dihedral is None else dihedral) else 1
         with self.lock:
             md = self.current()
             x = md.transforms({"image": image_path})["image"].float()[None]
             layer = md.network.memory_layers()[-1]
             layer.record_evidence = True
-            try:
-                probs = md.network(x).softmax(-1)[0]
+            try:  # the image itself is the last forward pass either way, so the evidence is its own
+                probs = (dihedral_probabilities(md.network, x) if views == 8 else md.network(x).softmax(-1))[0]
                 ev = layer.evidence
             finally:
                 layer.record_evidence = False
@@ -83,6 +88,7 @@ class MemoryModel:
                     similar.append({"case_id": info["case_id"], "class": info["label"], "pseudo_label": bool(info.get("pseudo_label", False)), "weight": round(w, 4)})
             return {
                 "probabilities": probs.tolist(),
+                "views": views,
                 "familiarity": float(ev["familiarity"][0]),
                 "memory_reliance": float(ev["reliance"][0]),
                 "similar_cases": similar,
