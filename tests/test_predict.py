@@ -117,7 +117,13 @@ def test_dihedral_averages_the_probabilities_and_keeps_the_images_own_evidence(d
             assert eight[key][field] == one[key][field], (key, field)
 
 
-def test_dihedral_refuses_a_model_whose_input_a_turn_would_not_fit(deployable, mixed_folder, tmp_path):
+def test_dihedral_refuses_a_model_whose_input_a_turn_would_not_fit_and_warns_for_one_trained_without_turns(deployable, mixed_folder, tmp_path, capsys):
+    card = json.loads(deployable.with_suffix(".json").read_text())
+    (tmp_path / "no_turns.json").write_text(json.dumps({**card, "augmentation": {"rotate90": False, "intensity": False}}))
+    run_prediction([str(mixed_folder / "cell.jpg")], str(deployable), str(tmp_path / "turns"), card_path=str(tmp_path / "no_turns.json"), dihedral=True)
+    assert "model.pt: the model card says this network was not trained with right-angle turns" in capsys.readouterr().err
+    run_prediction([str(mixed_folder / "cell.jpg")], str(deployable), str(tmp_path / "plain"), card_path=str(tmp_path / "no_turns.json"))
+    assert "right-angle turns" not in capsys.readouterr().err
     volume = MemoryViT(1, 16, 8, 3, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=4, num_prototypes=8, spatial_dims=3)
     torch.save(volume.state_dict(), tmp_path / "volume.pt")
     write_model_card(volume, str(tmp_path / "volume.json"), ["a", "b", "c"], {}, None)
