@@ -106,6 +106,9 @@ def test_dihedral_averages_the_probabilities_and_keeps_the_images_own_evidence(d
     one = {json.loads(line)["input"]: json.loads(line) for line in (plain / "predictions.jsonl").read_text().splitlines()}
     eight = {json.loads(line)["input"]: json.loads(line) for line in (averaged / "predictions.jsonl").read_text().splitlines()}
     assert set(one) == set(eight) == EXPECTED_INPUTS and {r["views"] for r in one.values()} == {1} and {r["views"] for r in eight.values()} == {8}
+    assert {r["views"] for r in read_csv(plain / "predictions.csv")} == {"1"} and {r["views"] for r in read_csv(averaged / "predictions.csv")} == {"8"}
+    with pytest.raises(ValueError, match="averaged: the predictions there were made with --dihedral; resume them the same way"):
+        run_prediction([str(mixed_folder)], str(deployable), str(averaged), resume=True)
     network, card = load_deployable(str(deployable))
     image = StudyLoader(card["network"]["img_size"], 1, 2).load(Study("cell.jpg", str(mixed_folder / "cell.jpg")))[None]
     with torch.no_grad():

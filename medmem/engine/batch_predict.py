@@ -325,6 +325,9 @@ def run_prediction(
     done_errors = [{"input": e[0], "reason": e[1]} for e in (list(csv.reader(open(errors_csv)))[1:] if errors_csv.exists() else [])]
     done_errors += [e for part in sorted(out.glob("errors.part*.jsonl")) for e in _read_done(part)]
     done = {r["input"] for r in done_rows} | {e["input"] for e in done_errors}
+    views = 8 if dihedral else 1
+    if any(r.get("views", 1) != views for r in done_rows):  # one table, one way of scoring
+        raise ValueError(f"{out}: the predictions there were made {'without' if dihedral else 'with'} --dihedral; resume them the same way, or use a new output folder")
     studies, discovery_errors = discover_studies(inputs)
     my_part, my_errors = out / f"predictions.part{rank}.jsonl", out / f"errors.part{rank}.jsonl"
     if rank == 0:
@@ -356,7 +359,7 @@ def run_prediction(
                     "series_uid": study.series_uid,
                     "predicted": classes[int(p.argmax())],
                     "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
-                    "views": 8 if dihedral else 1,
+                    "views": views,
                     "memory_reliance": round(reliance[i], 4) if reliance else None,
                     "familiarity": round(familiarity[i], 4) if familiarity else None,
                     "out_of_distribution": bool(familiarity[i] < threshold) if familiarity and threshold is not None else None,
@@ -394,11 +397,12 @@ def merge_outputs(out: Path, classes: list[str], explain: bool) -> dict:
     ordered = [rows[k] for k in sorted(rows)]
     with atomic_path(jsonl) as tmp:
         Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in ordered))
-    header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["memory_reliance", "familiarity", "out_of_distribution", "similar_cases", *CASE_EVIDENCE_KEYS]
+    header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["views", "memory_reliance", "familiarity", "out_of_distribution", "similar_cases", *CASE_EVIDENCE_KEYS]
     table = []
     for r in ordered:
         cases = ["; ".join(case_cell(c) for c in r.get(key, [])) for key in ("similar_cases", *CASE_EVIDENCE_KEYS)]
-        table.append([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [r["memory_reliance"], r["familiarity"], r["out_of_distribution"], *cases])
+        views = r.get("views", 1)  # rows from before --dihedral existed (a resumed run) were single-view
+        table.append([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [views, r["memory_reliance"], r["familiarity"], r["out_of_distribution"], *cases])
     write_text_atomic(csv_text(header, table), out / "predictions.csv")
     write_text_atomic(csv_text(["input", "reason"], sorted(errors.items())), errors_csv)
     for part in pred_parts + error_parts:
