@@ -76,8 +76,8 @@ HEADINGS = {
                   "`vit_cs_ssl10s1` the plain ViT fine-tuned from the seed-1 trunk and `vit_cs_ssl10s1_trunkvotep` it fused with the vote in that trunk."),
     "second_trunk": ("PBC 3% from a second `cs_all5` trunk",
                      "Session 27: the runs folder of earlier sessions was gone, so PBC's `cs_all5` trunk was pre-trained again "
-                     "by the same recipe and seed (`run_regimes.py`, the bundle's pretrain.json; 2 threads; why it differs was not "
-                     "looked into). It is not the same trunk: its frozen k-NN at 3% scores 0.831 against the committed 0.837. Every row here is "
+                     "by the same recipe and seed (`run_regimes.py`, the bundle's pretrain.json; 2 threads; pre-training is repeatable at "
+                     "a fixed thread count and differs between 1 and 2 threads: benchmarks/results/pretrain_repeatability.md, design.md \"Session 29\"). It is not the same trunk: its frozen k-NN at 3% scores 0.831 against the committed 0.837. Every row here is "
                      "fine-tuned from, or votes in, that second trunk, so compare them with each other and not with the same "
                      "names in [case_vote.md](case_vote.md). `vit_cs_ssl_all5` the plain ViT, `_mx` trained with mixup 0.2, "
                      "`_mx4` with mixup 0.4, `_steps3x` with three times the steps; `_tta` the same trained network with each "
@@ -91,7 +91,10 @@ HEADINGS = {
                      "`_mx_st_steps3x` with three times them, against `vit_cs_ssl_all5_mx_steps3x` (the teacher's recipe given the same); `movit_cs_ssl_all5_st` the memory ViT as the student "
                      "(its memory holds the pseudo-labelled images too; no mixup, which the memory refuses; run alone with 2 threads). "
                      "`train_images` counts the labelled images only; `epochs` shows the larger training set. How many images joined "
-                     "and how many of their labels are right: [pseudo_label_quality_pbc_blood_cells_96_r3.md](pseudo_label_quality_pbc_blood_cells_96_r3.md)."),
+                     "and how many of their labels are right: [pseudo_label_quality_pbc_blood_cells_96_r3.md](pseudo_label_quality_pbc_blood_cells_96_r3.md). "
+                     "Session 29: seeds 1-2 of `vit_cs_ssl_all5_mx_steps3x` and seed 1 of `_mx_st_steps3x` (their 3x step budget is "
+                     "1,500 steps, so seed 1's larger student set trains 19 epochs where seed 0's trains 24); the memory ViT `movit_cs_ssl_all5` "
+                     "(memory attention, the bundle default) from this trunk, and its 8-view score."),
     "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
                    "Session 25: seeds 3, 4 and 5 of the PBC 10% plain ViT from the `cs_all5` trunk, its k-NN and the memory ViT "
                    "trained with its read alone (`movit_cs_ssl_all5_nv`); seeds 3 and 4 of the LC25000 1% plain ViT from the `cs_pool10` "
@@ -169,7 +172,7 @@ TARGET_MODELS = {
                   ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("movit_cs_ssl10_vote", "vit_cs_ssl10", "vit_cs_ssl10_knn"),
                   # session 26: the case vote over the plain ViT fine-tuned from LC25000's seed-1 trunk, in that trunk
                   ("vit_cs_ssl10s1_trunkvotep", "vit_cs_ssl10s1", "vit_cs_ssl10s1_knn")],
-    "second_trunk": [("vit_cs_ssl_all5_trunkvotep", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
+    "second_trunk": [("movit_cs_ssl_all5", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("vit_cs_ssl_all5_trunkvotep", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
                      ("vit_cs_ssl_all5_mx_trunkvotep", "vit_cs_ssl_all5_mx", "vit_cs_ssl_all5_mx_knn")],
     "more_seeds": [("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn"),
                    ("vit_cs_ssl10s1_trunkvotep", "vit_cs_ssl10s1", "vit_cs_ssl10s1_knn")],
