@@ -24,6 +24,8 @@ from lib.strategy import MemoryStrategy
 from lib.train import MemoryFinetune
 from monailabel.interfaces.app import MONAILabelApp
 
+from medmem.flags import as_flag
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ class MedMemApp(MONAILabelApp):
         model_dir = conf.get("model_dir") or os.environ.get("MEDMEM_MODEL_DIR")
         if not model_dir:
             raise ValueError("medmem app: pass --conf model_dir <bundle run>/models (model_full.pt, model.json)")
-        self.memory_model = MemoryModel(model_dir, refresh=conf.get("memory_refresh", "kmeans"), dihedral=str(conf.get("dihedral", "false")).lower() == "true")
+        self.memory_model = MemoryModel(model_dir, refresh=conf.get("memory_refresh", "kmeans"), dihedral=as_flag(conf.get("dihedral", False), "dihedral"))
         self.train_dir = conf.get("train_dir") or os.path.join(model_dir, "finetune_runs")
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="medmem", description="memory ViT classification with an editable memory",
                          labels=self.memory_model.class_names)  # fmt: skip

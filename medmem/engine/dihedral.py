@@ -30,11 +30,10 @@ def dihedral_probabilities(network: Any, images: torch.Tensor, *args: Any, **kwa
 
     The images as given are run last, so that what a memorising layer records of its last forward pass (evidence:
     similar cases, attention maps, familiarity) is about the image itself, not one of its turns."""
-    views = dihedral_views(images)
-    probabilities: list[torch.Tensor] = [torch.empty(0)] * len(views)
-    for k in [*range(1, len(views)), 0]:
-        probabilities[k] = torch.softmax(network(views[k], *args, **kwargs), dim=-1)
-    return torch.stack(probabilities).mean(0)
+    itself, *turned = dihedral_views(images)
+    turned_probabilities = [torch.softmax(network(view, *args, **kwargs), dim=-1) for view in turned]
+    own = torch.softmax(network(itself, *args, **kwargs), dim=-1)
+    return torch.stack([own, *turned_probabilities]).mean(0)
 
 
 class DihedralInferer(Inferer):

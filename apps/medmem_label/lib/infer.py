@@ -9,6 +9,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib.memory_model import MemoryModel
+from medmem.flags import as_flag
 
 
 class MemoryClassifier(BasicInferTask):
@@ -37,7 +38,7 @@ class MemoryClassifier(BasicInferTask):
         if not isinstance(image, str):
             raise ValueError("medmem infer: 'image' must be a datastore image id or a file path")
         dihedral = request.get("dihedral")  # a request's own choice, else the app's (--conf dihedral true)
-        result = self.model.predict(image, int(request.get("top_cases", 5)), None if dihedral is None else str(dihedral).lower() == "true")
+        result = self.model.predict(image, int(request.get("top_cases", 5)), None if dihedral is None else as_flag(dihedral, "dihedral"))
         prediction = [{"idx": i, "label": name, "score": p} for i, (name, p) in enumerate(zip(self.model.class_names, result["probabilities"]))]
         best = max(prediction, key=lambda r: r["score"])
         return None, {"prediction": prediction, "label": best["label"], **{k: v for k, v in result.items() if k != "probabilities"}}

@@ -62,14 +62,14 @@ class MemoryModel:
         ``pixel_similar_cases`` (or ``trunk_similar_cases``, for a vote in the pre-trained trunk's features) lists the
         cases nearest in its space that voted (labels saved here included). ``dihedral`` (default: the app's setting)
         averages the network's probabilities over the image's 8 flips and turns; the evidence stays the image's own."""
-        views = 8 if (self.dihedral if dihedral is None else dihedral) else 1
+        averaged = self.dihedral if dihedral is None else dihedral
         with self.lock:
             md = self.current()
             x = md.transforms({"image": image_path})["image"].float()[None]
             layer = md.network.memory_layers()[-1]
             layer.record_evidence = True
             try:  # the image itself is the last forward pass either way, so the evidence is its own
-                probs = (dihedral_probabilities(md.network, x) if views == 8 else md.network(x).softmax(-1))[0]
+                probs = (dihedral_probabilities(md.network, x) if averaged else md.network(x).softmax(-1))[0]
                 ev = layer.evidence
             finally:
                 layer.record_evidence = False
@@ -88,7 +88,7 @@ class MemoryModel:
                     similar.append({"case_id": info["case_id"], "class": info["label"], "pseudo_label": bool(info.get("pseudo_label", False)), "weight": round(w, 4)})
             return {
                 "probabilities": probs.tolist(),
-                "views": views,
+                "views": 8 if averaged else 1,
                 "familiarity": float(ev["familiarity"][0]),
                 "memory_reliance": float(ev["reliance"][0]),
                 "similar_cases": similar,
