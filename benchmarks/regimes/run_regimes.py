@@ -204,6 +204,10 @@ NETWORKS = {
     # the teacher's recipe given the same (vit_cs_ssl_all5_mx_steps3x, session 27)
     "vit_cs_ssl_all5_mx_st_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2,
                                       "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.9, "step_scale": 3},
+    # session 30: a second round. The 3x student (over the 8 views the best PBC 3% network of session 29, 0.922 on seeds
+    # 0-1) labels the unlabelled rest in its turn, and a new student with its recipe trains on that manifest
+    "vit_cs_ssl_all5_mx_st2_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2,
+                                       "teacher": "vit_cs_ssl_all5_mx_st_steps3x", "pseudo_threshold": 0.9, "step_scale": 3},
     # ... and the memory ViT as the student: its memory is written with the pseudo-labelled images too
     "movit_cs_ssl_all5_st": {**MOVIT, "stem": "conv", "pretrain": "cs_all5", "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.9},
     # ... and the plain ViT fine-tuned from the cs_pool10 trunk pre-trained with seed 1: the pre-training seed's share
