@@ -88,6 +88,26 @@ def test_resume_continues_from_last_epoch(trained, tmp_path):
     assert "Epoch[1]" not in result.stdout + result.stderr  # epochs 1-2 were not run again
 
 
+def test_weight_average_is_the_best_model_with_the_live_memory_and_resumes(tmp_path, data_root):
+    """weight_average_decay > 0: model_full.pt holds the averaged weights beside the memory the trained ones wrote, the
+    epoch's checkpoint the trained weights and the average, and a resumed run goes on averaging."""
+    models = tmp_path / "models"
+    overrides = {**TINY, "output_dir": str(tmp_path), "epochs": 1, "weight_average_decay": 0.9}
+    bundle("run", ["train.json"], overrides)
+    last = torch.load(models / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
+    best = torch.load(models / "model_full.pt", map_location="cpu", weights_only=True)
+    averages, trained = last["weight_average"]["averages"], last["model"]
+    assert last["weight_average"]["updates"] == last["trainer"]["epoch_length"] > 1
+    assert averages.keys() < trained.keys() and best.keys() == trained.keys()
+    assert all(torch.equal(best[k], averages[k]) for k in averages)  # validated and kept: the average
+    assert any(not torch.equal(trained[k], averages[k]) for k in averages)  # ... which is not the trained weights
+    assert all(torch.equal(best[k], trained[k]) for k in trained.keys() - averages.keys())  # buffers: the live memory
+    assert int(best["blocks.1.attn.memory.num_rows"]) > 0
+    bundle("run", ["train.json"], {**overrides, "epochs": 2, "resume": True})
+    last = torch.load(models / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
+    assert last["weight_average"]["updates"] == 2 * last["trainer"]["epoch_length"]
+
+
 def test_evaluate_summarize_export_infer(trained, tmp_path):
     out, overrides = trained
     overrides = {**overrides, "epochs": 3}

@@ -208,6 +208,11 @@ NETWORKS = {
     # 0-1) labels the unlabelled rest in its turn, and a new student with its recipe trains on that manifest
     "vit_cs_ssl_all5_mx_st2_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2,
                                        "teacher": "vit_cs_ssl_all5_mx_st_steps3x", "pseudo_threshold": 0.9, "step_scale": 3},
+    # ... and an average of the weights (bundle weight_average_decay; 0.99 per step, a horizon of about 100 of the 3%
+    # cells' 500 steps) validated and kept in place of the trained weights, for the memory ViT (which cannot take mixup:
+    # its memory stores unmixed images) and its plain ViT, same trunk, recipe and steps
+    "vit_cs_ssl_all5_ema": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "weight_average_decay": 0.99},
+    "movit_cs_ssl_all5_ema": {**MOVIT, "stem": "conv", "pretrain": "cs_all5", "weight_average_decay": 0.99},
     # ... and the memory ViT as the student: its memory is written with the pseudo-labelled images too
     "movit_cs_ssl_all5_st": {**MOVIT, "stem": "conv", "pretrain": "cs_all5", "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.9},
     # ... and the plain ViT fine-tuned from the cs_pool10 trunk pre-trained with seed 1: the pre-training seed's share

@@ -6,5 +6,6 @@ from medmem.engine.checkpoints import CheckpointSaver, find_last_checkpoint, obj
 from medmem.engine.handlers import ClassificationReport, MemoryWriter
 from medmem.engine.losses import MemoryAwareLoss
 from medmem.engine.metrics import classification_metrics, stack_pred_label
+from medmem.engine.weight_average import WeightAverage
 
-__all__ = ["case_vote", "dihedral", "pixel_index", "pseudo_label", "predict", "summarize", "ClassificationReport", "MemoryWriter", "MemoryAwareLoss", "PrepareBatchWithIds", "MixUpBatch", "training_batches", "classification_metrics", "stack_pred_label", "find_last_checkpoint", "resolve_manifest", "CheckpointSaver", "objects_in_checkpoint"]
+__all__ = ["case_vote", "dihedral", "pixel_index", "pseudo_label", "predict", "summarize", "ClassificationReport", "MemoryWriter", "MemoryAwareLoss", "PrepareBatchWithIds", "MixUpBatch", "training_batches", "classification_metrics", "stack_pred_label", "find_last_checkpoint", "resolve_manifest", "CheckpointSaver", "objects_in_checkpoint", "WeightAverage"]
