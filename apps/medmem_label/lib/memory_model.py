@@ -14,7 +14,7 @@ import threading
 
 import torch
 
-from medmem.engine.batch_predict import voted_case_rows
+from medmem.engine.batch_predict import check_dihedral_model, voted_case_rows
 from medmem.engine.case_vote import CASE_EVIDENCE_KEYS
 from medmem.engine.dihedral import dihedral_probabilities
 from medmem.memory.editing import ModelDirectory
@@ -28,15 +28,26 @@ LABEL_KEY = "class"
 class MemoryModel:
     def __init__(self, model_dir: str, refresh: str = "kmeans", dihedral: bool = False) -> None:
         """``dihedral``: by default, average the class probabilities over each image's 8 flips and right-angle turns
-        (as ``medmem predict --dihedral``); a request can say otherwise."""
+        (as ``medmem predict --dihedral``); a request can say otherwise. A model whose input a turn would not fit (3D, not
+        square) is refused here, naming its file, rather than at the first request."""
         self.model_dir, self.refresh, self.dihedral = model_dir, refresh, dihedral
         self.lock = threading.RLock()
         self._load()
+        if dihedral:
+            self.check_dihedral(self.directory)
 
     def _load(self) -> None:
         self.directory = ModelDirectory(self.model_dir, user="monailabel")
         self._stamp = os.stat(self.directory.full_path).st_mtime_ns
         self.version = 0  # bumped on every memory change (strategies cache by it)
+        self._dihedral_checked = False
+
+    def check_dihedral(self, md: ModelDirectory) -> None:
+        """As ``medmem predict --dihedral``: refuse a 3D or non-square model by its file, warn (once per loaded model) when
+        its card says it was trained without right-angle turns."""
+        if not self._dihedral_checked:
+            check_dihedral_model(md.card["network"], md.card, str(md.full_path))
+            self._dihedral_checked = True
 
     @property
     def class_names(self) -> list[str]:
@@ -65,6 +76,8 @@ class MemoryModel:
         averaged = self.dihedral if dihedral is None else dihedral
         with self.lock:
             md = self.current()
+            if averaged:
+                self.check_dihedral(md)
             x = md.transforms({"image": image_path})["image"].float()[None]
             layer = md.network.memory_layers()[-1]
             layer.record_evidence = True
