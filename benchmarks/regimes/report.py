@@ -94,7 +94,10 @@ HEADINGS = {
                      "and how many of their labels are right: [pseudo_label_quality_pbc_blood_cells_96_r3.md](pseudo_label_quality_pbc_blood_cells_96_r3.md). "
                      "Session 29: seeds 1-2 of `vit_cs_ssl_all5_mx_steps3x` and seed 1 of `_mx_st_steps3x` (their 3x step budget is "
                      "1,500 steps, so seed 1's larger student set trains 19 epochs where seed 0's trains 24); the memory ViT `movit_cs_ssl_all5` "
-                     "(memory attention, the bundle default) from this trunk, and its 8-view score."),
+                     "(memory attention, the bundle default) from this trunk, and its 8-view score. "
+                     "Session 30: `vit_cs_ssl_all5_mx_st2_steps3x` a second round of self-training (the teacher is the 3x student "
+                     "`vit_cs_ssl_all5_mx_st_steps3x` over the 8 views, same seed; same recipe and steps); `_ema` the plain and "
+                     "memory ViTs with an average of the weights (bundle 0.16.0 `weight_average_decay` 0.99) validated and kept."),
     "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
                    "Session 25: seeds 3, 4 and 5 of the PBC 10% plain ViT from the `cs_all5` trunk, its k-NN and the memory ViT "
                    "trained with its read alone (`movit_cs_ssl_all5_nv`); seeds 3 and 4 of the LC25000 1% plain ViT from the `cs_pool10` "
@@ -172,7 +175,8 @@ TARGET_MODELS = {
                   ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn"), ("movit_cs_ssl10_vote", "vit_cs_ssl10", "vit_cs_ssl10_knn"),
                   # session 26: the case vote over the plain ViT fine-tuned from LC25000's seed-1 trunk, in that trunk
                   ("vit_cs_ssl10s1_trunkvotep", "vit_cs_ssl10s1", "vit_cs_ssl10s1_knn")],
-    "second_trunk": [("movit_cs_ssl_all5", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("vit_cs_ssl_all5_trunkvotep", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
+    "second_trunk": [("movit_cs_ssl_all5", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl_all5_ema", "vit_cs_ssl_all5_ema", "vit_cs_ssl_all5_knn"),
+                     ("vit_cs_ssl_all5_trunkvotep", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
                      ("vit_cs_ssl_all5_mx_trunkvotep", "vit_cs_ssl_all5_mx", "vit_cs_ssl_all5_mx_knn")],
     "more_seeds": [("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn"),
                    ("vit_cs_ssl10s1_trunkvotep", "vit_cs_ssl10s1", "vit_cs_ssl10s1_knn")],
