@@ -11,13 +11,19 @@ from medmem.engine.handlers import unwrap
 from medmem.networks import MemoryViT
 
 
-def engines(net: torch.nn.Module, steps: int, seen: list):
-    """A trainer that moves every weight by a known amount per step, and an evaluator that records the first weight it
-    sees; validation after every epoch, as the bundle's ValidationHandler runs it."""
+def averaged_run(net: torch.nn.Module, decay: float, state: dict | None = None):
+    """A trainer that moves every weight by +1 per step, validation after every epoch (as the bundle's ValidationHandler
+    runs it) by an evaluator that records the first weight it sees, and a WeightAverage attached after it (as in the
+    bundle), continuing ``state`` if given. Returns (trainer, average, the weights validation saw)."""
+    seen: list[torch.Tensor] = []
     evaluator = Engine(lambda e, b: seen.append(next(net.parameters()).detach().clone()))
     trainer = Engine(lambda e, b: [p.data.add_(1.0) for p in net.parameters()])
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run([0]))
-    return trainer, evaluator
+    average = WeightAverage(net, evaluator, decay=decay)
+    if state is not None:
+        average.load_state_dict(state)
+    average.attach(trainer)
+    return trainer, average, seen
 
 
 def expected_average(start: torch.Tensor, steps: int, decay: float) -> torch.Tensor:
@@ -33,10 +39,7 @@ def test_validation_sees_the_average_and_training_keeps_its_own_weights():
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)
     start = net.weight.detach().clone()
-    seen: list[torch.Tensor] = []
-    trainer, evaluator = engines(net, 4, seen)
-    average = WeightAverage(net, evaluator, decay=0.5)
-    average.attach(trainer)  # after the validation handler, as in the bundle
+    trainer, average, seen = averaged_run(net, 0.5)
     after_epoch: list[torch.Tensor] = []
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: after_epoch.append(net.weight.detach().clone()))
     trainer.run([0] * 4, max_epochs=2)
@@ -52,38 +55,28 @@ def test_validation_sees_the_average_and_training_keeps_its_own_weights():
 def test_decay_zero_is_off_and_a_bad_decay_is_refused():
     net = torch.nn.Linear(3, 2)
     start = net.weight.detach().clone()
-    seen: list[torch.Tensor] = []
-    trainer, evaluator = engines(net, 3, seen)
-    average = WeightAverage(net, evaluator, decay=0.0)
-    average.attach(trainer)
+    trainer, average, seen = averaged_run(net, 0.0)
     trainer.run([0] * 3, max_epochs=1)
     assert average.averages == {} and average.updates == 0
     assert torch.allclose(seen[0], start + 3)  # validation sees the trained weights
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match=r"decay must be in \[0, 1\)"):
-            WeightAverage(net, evaluator, decay=bad)
+            WeightAverage(net, Engine(lambda e, b: None), decay=bad)
 
 
 def test_a_resumed_average_continues_where_it_stopped():
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)
     start = net.weight.detach().clone()
-    seen: list[torch.Tensor] = []
-    trainer, evaluator = engines(net, 3, seen)
-    first = WeightAverage(net, evaluator, decay=0.9)
-    first.attach(trainer)
+    trainer, first, _ = averaged_run(net, 0.9)
     trainer.run([0] * 3, max_epochs=1)
     saved = first.state_dict()
     # a new run from the saved weights and average: 3 more steps give the same average as 6 steps in one run
-    seen2: list[torch.Tensor] = []
-    trainer2, evaluator2 = engines(net, 3, seen2)
-    resumed = WeightAverage(net, evaluator2, decay=0.9)
-    resumed.load_state_dict(saved)
-    resumed.attach(trainer2)
+    trainer2, resumed, seen2 = averaged_run(net, 0.9, saved)
     trainer2.run([0] * 3, max_epochs=1)
     assert resumed.updates == 6
     assert torch.allclose(seen2[0], expected_average(start, 6, 0.9), atol=1e-5)
-    other = WeightAverage(torch.nn.Linear(3, 3, bias=False), evaluator2, decay=0.9)
+    other = WeightAverage(torch.nn.Linear(3, 3, bias=False), Engine(lambda e, b: None), decay=0.9)
     with pytest.raises(ValueError, match="another network"):
         other.load_state_dict(saved)
 
