@@ -45,7 +45,6 @@ class WeightAverage:
     def attach(self, trainer: Engine) -> None:
         if self.decay == 0.0:
             return
-        trainer.add_event_handler(Events.ITERATION_STARTED, self.restore)  # a guard: training never steps the average
         trainer.add_event_handler(Events.ITERATION_COMPLETED, self.update)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self.restore)
         trainer.add_event_handler(Events.COMPLETED, self.restore)
@@ -53,7 +52,9 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, engine: Engine | None = None) -> None:
-        """Fold the current weights into the average (the first call copies them)."""
+        """Fold the trained weights into the average (the first call copies them). Restores them first, so that a
+        validation run inside the step (an iteration-level ValidationHandler) never folds the average into itself."""
+        self.restore()
         params = self._parameters()
         if not self.averages:
             self.averages = {name: p.detach().clone() for name, p in params.items()}
