@@ -246,6 +246,7 @@ def test_pseudo_label_writes_a_self_training_manifest_that_the_bundle_trains_on(
     import numpy as np
 
     import medmem
+    from medmem.data.pseudo_labels import class_quota_selection
     from medmem.engine.dihedral import dihedral_probabilities
 
     # a small source manifest: the tiny network's regime-1 images labelled, 60 more training images unlabelled
@@ -267,8 +268,9 @@ def test_pseudo_label_writes_a_self_training_manifest_that_the_bundle_trains_on(
     gap = int(np.argmax(np.diff(conf)))
     threshold = float(conf[gap] + conf[gap + 1]) / 2
     manifest = tmp_path / "pseudo.json"
-    bundle("run", ["train.json", "pseudo_label.json"], {**overrides, "dataset": str(tmp_path / "source.json"), "pseudo_manifest": str(manifest),
-                                                         "pseudo_threshold": threshold})  # fmt: skip
+    scores = tmp_path / "scores.npz"
+    selection = {**overrides, "dataset": str(tmp_path / "source.json"), "pseudo_scores": str(scores)}
+    bundle("run", ["train.json", "pseudo_label.json"], {**selection, "pseudo_manifest": str(manifest), "pseudo_threshold": threshold})
     derived = json.loads(manifest.read_text())
     joined = [e for e in derived["training"] if e["pseudo_label"]]
     expect = [(e["image"], int(p.argmax())) for e, p in zip(source["training"][len(labelled) :], probs) if p.max() >= threshold]
@@ -277,6 +279,18 @@ def test_pseudo_label_writes_a_self_training_manifest_that_the_bundle_trains_on(
     summary = json.loads(manifest.with_suffix(".summary.json").read_text())
     assert summary["pseudo_labelled"] == len(joined) and summary["unlabelled"] == len(rest) and summary["labelled"] == len(labelled)
     assert not list(tmp_path.glob(".*"))  # written under temporary names, then renamed
+    saved = dict(np.load(scores))
+    np.testing.assert_allclose(saved["probabilities"], probs, rtol=0, atol=1e-5)
+
+    # a class quota selects from the saved scores: doctored ones (same teacher and images) are what it reads
+    doctored = np.random.default_rng(0).dirichlet(np.ones(probs.shape[1]), len(rest))
+    np.savez(scores, **{**saved, "probabilities": doctored})
+    by_quota = tmp_path / "quota.json"
+    bundle("run", ["train.json", "pseudo_label.json"], {**selection, "pseudo_manifest": str(by_quota), "pseudo_threshold": 0, "pseudo_class_quota": 0.5})
+    keep = class_quota_selection(doctored, [e["label"] for e in source["training"][: len(labelled)]], 0.5)
+    expect = [(e["image"], int(p.argmax())) for e, p, k in zip(source["training"][len(labelled) :], doctored, keep) if k]
+    assert 0 < len(expect) < len(rest)
+    assert [(e["image"], e["label"]) for e in json.loads(by_quota.read_text())["training"] if e["pseudo_label"]] == expect
 
     # the student trains on every image of the derived manifest: each one is written into its memory
     student = tmp_path / "student"

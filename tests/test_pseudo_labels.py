@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medmem.data.manifest import ManifestError, check_manifest
-from medmem.data.pseudo_labels import pseudo_labelled_manifest, unlabelled_indices
+from medmem.data.pseudo_labels import class_quota_selection, pseudo_labelled_manifest, unlabelled_indices
 
 
 def _manifest() -> dict:
@@ -62,3 +62,61 @@ def test_refuses_teacher_labels_for_labelled_images_and_misshaped_probabilities(
         pseudo_labelled_manifest(m, 50, [3, 4], np.full((2, 4), 0.25), 0.9)
     with pytest.raises(ValueError, match="threshold"):
         pseudo_labelled_manifest(m, 50, [3], np.full((1, 3), 1 / 3), 1.5)
+
+
+def test_a_class_quota_gives_each_class_places_in_its_labelled_share_to_its_most_confident_images():
+    # 10 scored images; the labelled mix is 3/4 class 0 and 1/4 class 1, class 2 absent
+    probs = np.array(
+        [[0.99, 0.01, 0], [0.98, 0.02, 0], [0.97, 0.03, 0], [0.96, 0.04, 0], [0.95, 0.05, 0], [0.94, 0.06, 0],
+         [0.3, 0.7, 0], [0.4, 0.6, 0], [0.45, 0.55, 0], [0.1, 0.1, 0.8]]
+    )  # fmt: skip
+    keep = class_quota_selection(probs, [0, 0, 0, 1], quota=0.4)
+    # class 0: round(0.4 * 0.75 * 10) = 3 places for its 6 candidates; class 1: round(0.4 * 0.25 * 10) = 1 of 3; class 2: none
+    assert keep.tolist() == [True, True, True, False, False, False, True, False, False, False]
+    # a threshold still applies under the quota: class 1 has 3 places and one candidate above 0.65, image 6
+    assert class_quota_selection(probs, [0] * 6 + [1] * 3 + [2], quota=1.0, threshold=0.65).tolist() == [True] * 6 + [True, False, False, True]
+    with pytest.raises(ValueError, match="quota"):
+        class_quota_selection(probs, [0, 1], quota=0.0)
+
+
+def test_under_a_class_quota_a_less_confident_image_of_a_scarce_class_joins_where_one_threshold_would_not():
+    m = _manifest()  # regime 50 labels one image of each class
+    idx = unlabelled_indices(m, 50)
+    probs = np.array([[0.99, 0.01, 0.0], [0.98, 0.02, 0.0], [0.97, 0.03, 0.0], [0.2, 0.6, 0.2], [0.1, 0.2, 0.7]])
+    by_threshold = pseudo_labelled_manifest(m, 50, idx, probs, threshold=0.9)
+    by_quota = pseudo_labelled_manifest(m, 50, idx, probs, threshold=0.0, class_quota=0.6)  # 1 place per class
+    assert [e["image"] for e in by_threshold["training"] if e["pseudo_label"]] == ["t3.png", "t4.png", "t5.png"]
+    assert [(e["image"], e["label"]) for e in by_quota["training"] if e["pseudo_label"]] == [("t3.png", 0), ("t6.png", 1), ("t7.png", 2)]
+    assert "quota of 0.6" in by_quota["split_policy"] and "quota" not in by_threshold["split_policy"]
+
+
+def test_teacher_scores_are_saved_reused_for_the_same_teacher_and_refused_for_another(tmp_path):
+    import torch
+
+    from medmem.engine.pseudo_label import teacher_scores
+
+    torch.manual_seed(0)
+    items = [{"image": torch.randn(2, 4, 4)} for _ in range(6)]
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32, 3))
+    checkpoint = tmp_path / "teacher.pt"
+    torch.save(net.state_dict(), checkpoint)
+    scores = tmp_path / "scores.npz"
+    first = teacher_scores(net, checkpoint, items, [1, 3, 4], lambda d: d, scores, dihedral=False)
+    with torch.no_grad():
+        by_hand = net(torch.stack([items[i]["image"] for i in (1, 3, 4)])).softmax(-1).numpy()
+    np.testing.assert_allclose(first, by_hand, rtol=0, atol=1e-6)
+    assert not list(tmp_path.glob(".*"))  # written under a temporary name, then renamed
+
+    class Refuses(torch.nn.Module):  # the saved scores are read back: the network is not run again
+        def forward(self, x):
+            raise AssertionError("rescored")
+
+    np.testing.assert_array_equal(teacher_scores(Refuses(), checkpoint, items, [1, 3, 4], lambda d: d, scores, dihedral=False), first)
+    with pytest.raises(ValueError, match=r"scores.npz: teacher scores of another dihedral"):
+        teacher_scores(Refuses(), checkpoint, items, [1, 3, 4], lambda d: d, scores, dihedral=True)
+    with pytest.raises(ValueError, match="another indices"):
+        teacher_scores(Refuses(), checkpoint, items, [1, 3], lambda d: d, scores, dihedral=False)
+    torch.nn.init.zeros_(net[1].weight)
+    torch.save(net.state_dict(), checkpoint)  # the teacher was retrained: its old scores must not be used
+    with pytest.raises(ValueError, match="another teacher_sha256"):
+        teacher_scores(Refuses(), checkpoint, items, [1, 3, 4], lambda d: d, scores, dihedral=False)

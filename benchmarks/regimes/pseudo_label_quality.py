@@ -23,7 +23,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="pbc_blood_cells_96")
     p.add_argument("--networks", nargs="+", default=["vit_cs_ssl_all5_mx_st"], choices=[n for n, s in NETWORKS.items() if "teacher" in s],
-                   help="students; those with the same teacher and threshold share a manifest, so name one of them")
+                   help="students; those with the same teacher and selection share a manifest, so name one of them")
     p.add_argument("--regime", type=int, default=3)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--runs", default=str(REPO / "runs" / "regimes"))
@@ -44,7 +44,7 @@ def main() -> None:
         "Each teacher scored over the 8 flips and turns. "
         "`label ACC`: share of the joined images whose teacher label equals their true label (read here only).",
         "",
-        "| teacher | threshold | seed | labelled | unlabelled | joined | label ACC | joined per class (share of that class's unlabelled images) |",
+        "| teacher | threshold (class quota) | seed | labelled | unlabelled | joined | label ACC | joined per class (share of that class's unlabelled images) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for network, seed in ((n, s) for n in args.networks for s in args.seeds):
@@ -60,7 +60,8 @@ def main() -> None:
         right = sum(e["label"] == truth[e["sha256"]] for e in joined)
         per_class = Counter(truth[e["sha256"]] for e in joined)
         shares = ", ".join(f"{classes[c]} {per_class[c]} ({per_class[c] / unlabelled[c]:.0%})" for c in range(len(classes)))
-        lines.append(f"| `{settings['teacher']}` | {settings['pseudo_threshold']:g} | {seed} | {labelled} | {sum(unlabelled.values())} | {len(joined)} | {right / max(1, len(joined)):.3f} | {shares} |")
+        rule = f"{settings['pseudo_threshold']:g}" + (f", quota {settings['class_quota']:g}" if settings.get("class_quota") else "")
+        lines.append(f"| `{settings['teacher']}` | {rule} | {seed} | {labelled} | {sum(unlabelled.values())} | {len(joined)} | {right / max(1, len(joined)):.3f} | {shares} |")
     out = REPO / "benchmarks" / "results" / f"pseudo_label_quality_{args.dataset}_r{args.regime}.md"
     write_text_atomic("\n".join(lines) + "\n", out)
     print("\n".join(lines))

@@ -208,6 +208,12 @@ NETWORKS = {
     # 0-1) labels the unlabelled rest in its turn, and a new student with its recipe trains on that manifest
     "vit_cs_ssl_all5_mx_st2_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2,
                                        "teacher": "vit_cs_ssl_all5_mx_st_steps3x", "pseudo_threshold": 0.9, "step_scale": 3},
+    # session 31: the first round's teacher and recipe (vit_cs_ssl_all5_mx_st_steps3x), the unlabelled images chosen by a
+    # quota per class instead of one threshold (medmem.data.pseudo_labels.class_quota_selection): each class takes its
+    # most confident half of the places its labelled share gives it (0.5 x share x 11,589), whatever its confidence.
+    # One threshold fed the student the classes the teacher finds easy (session 30)
+    "vit_cs_ssl_all5_mx_stq5_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2,
+                                        "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.0, "class_quota": 0.5, "step_scale": 3},
     # ... and an average of the weights (bundle weight_average_decay; 0.99 per step, a horizon of about 100 of the 3%
     # cells' 500 steps) validated and kept in place of the trained weights, for the memory ViT (which cannot take mixup:
     # its memory stores unmixed images) and its plain ViT, same trunk, recipe and steps
@@ -280,14 +286,16 @@ def planned_epochs(manifest: dict, network: str, regime: int, images: int | None
 def pseudo_manifest_path(dataset: str, network: str, regime: int, seed: int, runs: Path) -> Path:
     """Where the self-training manifest of student ``network`` goes (shared by students of one teacher and threshold)."""
     settings = NETWORKS[network]
-    return runs / dataset / f"pseudo_{settings['teacher']}_tta_p{settings['pseudo_threshold']:g}_r{regime}_s{seed}.json"
+    quota = f"_q{settings['class_quota']:g}" if settings.get("class_quota") else ""
+    return runs / dataset / f"pseudo_{settings['teacher']}_tta_p{settings['pseudo_threshold']:g}{quota}_r{regime}_s{seed}.json"
 
 
 def pseudo_manifest(dataset: str, network: str, regime: int, seed: int, runs: Path, manifest: dict) -> Path:
     """The self-training manifest of student ``network`` (made on first use, as the bundle's pseudo_label.json makes it):
     the regime's labelled images plus the unlabelled rest of the training split that its teacher, scored over the 8 flips
-    and turns, labels with probability >= its ``pseudo_threshold``. How many of those labels are right:
-    ``pseudo_label_quality.py``."""
+    and turns, labels with probability >= its ``pseudo_threshold`` (and, with a ``class_quota``, the most confident per
+    class). The teacher's scores are kept per teacher and seed, so students that select otherwise do not rescore. How
+    many of those labels are right: ``pseudo_label_quality.py``."""
     import medmem
     from medmem.engine.pseudo_label import write_pseudo_labelled_manifest
 
@@ -300,7 +308,8 @@ def pseudo_manifest(dataset: str, network: str, regime: int, seed: int, runs: Pa
     summary = write_pseudo_labelled_manifest(
         net, runs / dataset / f"{teacher}_r{regime}_s{seed}" / "models" / "model_full.pt",
         medmem.engine.resolve_manifest(dataset), regime, medmem.data.eval_transforms(cfg["image_size"], cfg["in_channels"]),
-        path, threshold=settings["pseudo_threshold"], dihedral=True, batch_size=256,
+        path, threshold=settings["pseudo_threshold"], dihedral=True, batch_size=256, class_quota=settings.get("class_quota"),
+        scores=runs / dataset / f"scores_{teacher}_tta_r{regime}_s{seed}.npz",
     )  # fmt: skip
     print(f"    pseudo-labels: {json.dumps(summary)}", flush=True)
     return path
@@ -336,7 +345,7 @@ def run_network_cell(dataset: str, model: str, regime: int, seed: int, runs: Pat
     network = model.removesuffix("_proto")
     n = trained_images(dataset, network, regime, seed, runs, manifest)
     settings = dict(NETWORKS[network])
-    for key in ("step_scale", "teacher", "pseudo_threshold"):  # driver settings, not bundle ones
+    for key in ("step_scale", "teacher", "pseudo_threshold", "class_quota"):  # driver settings, not bundle ones
         settings.pop(key, None)
     data, data_regime = dataset, regime
     if "teacher" in NETWORKS[network]:  # a student trains on every image of its self-training manifest

@@ -1,9 +1,10 @@
 """Label the unlabelled rest of a training split with a trained network (bundle ``pseudo_label.json``).
 
 The teacher scores every training image outside the regime it was trained on, optionally averaged over the 8 flips
-and turns (``medmem.engine.dihedral``), and the confident ones are written with its label into a self-training
-manifest (``medmem.data.pseudo_labels``). Train the student on that manifest (``--dataset <manifest> --regime 100``).
-The true labels of the unlabelled images are never read here.
+and turns (``medmem.engine.dihedral``), and the confident ones (above one threshold, or the most confident per class
+under a quota) are written with its label into a self-training manifest (``medmem.data.pseudo_labels``). Train the
+student on that manifest (``--dataset <manifest> --regime 100``). The true labels of the unlabelled images are never
+read here. The teacher's scores are kept (``.npz``) so that another selection from the same teacher needs no rescoring.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
 
-from medmem.atomic import write_json_atomic
+from medmem.atomic import atomic_path, write_json_atomic
 from medmem.data.datalist import load_datalist
-from medmem.data.manifest import load_manifest
+from medmem.data.manifest import load_manifest, sha256_file
 from medmem.data.pseudo_labels import pseudo_labelled_manifest, unlabelled_indices
 from medmem.engine.dihedral import dihedral_probabilities
 
@@ -44,6 +45,35 @@ def teacher_probabilities(
     return torch.cat(out).numpy()
 
 
+def teacher_scores(
+    network: torch.nn.Module,
+    checkpoint: str | os.PathLike,
+    items: list[dict],
+    indices: list[int],
+    preprocessing: Callable,
+    scores: str | os.PathLike,
+    dihedral: bool = True,
+    **loader: Any,
+) -> np.ndarray:
+    """The teacher's class probabilities (N, C) for ``items[i]`` for i in ``indices``, read from ``scores`` when that
+    file holds this teacher's scores of these images, else computed (``teacher_probabilities``) and saved there.
+
+    ``network`` must already hold ``checkpoint``'s weights. The file keys the scores by the checkpoint's sha256, the
+    dihedral flag and the scored training indices; a file made otherwise is refused by name, not silently reused.
+    """
+    identity = {"teacher_sha256": sha256_file(checkpoint), "dihedral": bool(dihedral), "indices": np.asarray(indices, dtype=np.int64)}
+    if Path(scores).exists():
+        with np.load(scores) as saved:
+            differs = [k for k, v in identity.items() if k not in saved or not np.array_equal(saved[k], v)]
+            if differs:
+                raise ValueError(f"{scores}: teacher scores of another {' and '.join(differs)}; remove the file or name another one")
+            return saved["probabilities"]
+    probs = teacher_probabilities(network, [items[i] for i in indices], preprocessing, dihedral, **loader)
+    with atomic_path(scores, suffix=".npz") as tmp:
+        np.savez(tmp, probabilities=probs, **identity)
+    return probs
+
+
 def write_pseudo_labelled_manifest(
     network: torch.nn.Module,
     checkpoint: str | os.PathLike,
@@ -58,18 +88,25 @@ def write_pseudo_labelled_manifest(
     batch_size: int = 128,
     num_workers: int = 0,
     class_names: list[str] | None = None,
+    class_quota: float | None = None,
+    scores: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Load ``checkpoint`` into ``network``, score the training images of ``manifest`` outside ``regime`` and write
     the self-training manifest to ``out`` (temporary name, then renamed), with a summary beside it
-    (``<out stem>.summary.json``: how many joined, per class). Returns the summary."""
+    (``<out stem>.summary.json``: how many joined, per class). ``class_quota``: select per class
+    (``medmem.data.pseudo_labels.class_quota_selection``) instead of by ``threshold`` alone. ``scores``: where the
+    teacher's scores are kept and, if already there for this teacher, read (default ``<out stem>.scores.npz``).
+    Returns the summary."""
     state = torch.load(checkpoint, map_location=device, weights_only=True)
     network.load_state_dict(state["model"] if "model" in state else state)  # a training checkpoint or model_full.pt
     network.to(device)
     source = load_manifest(manifest)
     indices = unlabelled_indices(source, regime)
     items = load_datalist(source, "training", data_root)
-    probs = teacher_probabilities(network, [items[i] for i in indices], preprocessing, dihedral, batch_size, num_workers, device)
-    derived = pseudo_labelled_manifest(source, regime, indices, probs, threshold)
+    scores = Path(scores) if scores else Path(out).with_suffix(".scores.npz")
+    probs = teacher_scores(network, checkpoint, items, indices, preprocessing, scores, dihedral,
+                           batch_size=batch_size, num_workers=num_workers, device=device)  # fmt: skip
+    derived = pseudo_labelled_manifest(source, regime, indices, probs, threshold, class_quota)
     names = class_names or source["classes"]
     joined = Counter(e["label"] for e in derived["training"] if e["pseudo_label"])
     summary = {
@@ -77,7 +114,9 @@ def write_pseudo_labelled_manifest(
         "source_manifest": str(manifest),
         "regime": str(regime),
         "threshold": threshold,
+        "class_quota": class_quota,
         "dihedral": dihedral,
+        "teacher_scores": str(scores),
         "labelled": len(derived["training"]) - sum(joined.values()),
         "unlabelled": len(indices),
         "pseudo_labelled": sum(joined.values()),
