@@ -67,14 +67,15 @@ def test_refuses_teacher_labels_for_labelled_images_and_misshaped_probabilities(
 def test_a_class_quota_gives_each_class_places_in_its_labelled_share_to_its_most_confident_images():
     # 10 scored images; the labelled mix is 3/4 class 0 and 1/4 class 1, class 2 absent
     probs = np.array(
-        [[0.99, 0.01, 0], [0.98, 0.02, 0], [0.97, 0.03, 0], [0.96, 0.04, 0], [0.95, 0.05, 0], [0.94, 0.06, 0],
-         [0.3, 0.7, 0], [0.4, 0.6, 0], [0.45, 0.55, 0], [0.1, 0.1, 0.8]]
+        [[0.94, 0.06, 0], [0.98, 0.02, 0], [0.95, 0.05, 0], [0.99, 0.01, 0], [0.96, 0.04, 0], [0.97, 0.03, 0],
+         [0.4, 0.6, 0], [0.3, 0.7, 0], [0.45, 0.55, 0], [0.1, 0.1, 0.8]]
     )  # fmt: skip
     keep = class_quota_selection(probs, [0, 0, 0, 1], quota=0.4)
-    # class 0: round(0.4 * 0.75 * 10) = 3 places for its 6 candidates; class 1: round(0.4 * 0.25 * 10) = 1 of 3; class 2: none
-    assert keep.tolist() == [True, True, True, False, False, False, True, False, False, False]
-    # a threshold still applies under the quota: class 1 has 3 places and one candidate above 0.65, image 6
-    assert class_quota_selection(probs, [0] * 6 + [1] * 3 + [2], quota=1.0, threshold=0.65).tolist() == [True] * 6 + [True, False, False, True]
+    # class 0: round(0.4 * 0.75 * 10) = 3 places for its 6 candidates, its 3 most confident (0.99, 0.98, 0.97);
+    # class 1: round(0.4 * 0.25 * 10) = 1 of 3 (0.7); class 2: none
+    assert keep.tolist() == [False, True, False, True, False, True, False, True, False, False]
+    # a threshold still applies under the quota: class 1 has 3 places and one candidate above 0.65, image 7
+    assert class_quota_selection(probs, [0] * 6 + [1] * 3 + [2], quota=1.0, threshold=0.65).tolist() == [True] * 6 + [False, True, False, True]
     with pytest.raises(ValueError, match="quota"):
         class_quota_selection(probs, [0, 1], quota=0.0)
 

@@ -97,7 +97,11 @@ HEADINGS = {
                      "(memory attention, the bundle default) from this trunk, and its 8-view score. "
                      "Session 30: `vit_cs_ssl_all5_mx_st2_steps3x` a second round of self-training (the teacher is the 3x student "
                      "`vit_cs_ssl_all5_mx_st_steps3x` over the 8 views, same seed; same recipe and steps); `_ema` the plain and "
-                     "memory ViTs with an average of the weights (bundle 0.16.0 `weight_average_decay` 0.99) validated and kept."),
+                     "memory ViTs with an average of the weights (bundle 0.16.0 `weight_average_decay` 0.99) validated and kept. "
+                     "Session 31: `vit_cs_ssl_all5_mx_stq5_steps3x` the first round's student (teacher `vit_cs_ssl_all5_mx_tta`, "
+                     "recipe and 3x steps) with the unlabelled images chosen by a quota per class instead of one threshold: each "
+                     "class the 0.5 x its labelled share x 11,589 images the teacher assigns to it most confidently (bundle 0.17.0 "
+                     "`pseudo_class_quota` 0.5, `pseudo_threshold` 0); `vit_cs_ssl_all5_steps3x` the plain ViT given 3x steps."),
     "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
                    "Session 25: seeds 3, 4 and 5 of the PBC 10% plain ViT from the `cs_all5` trunk, its k-NN and the memory ViT "
                    "trained with its read alone (`movit_cs_ssl_all5_nv`); seeds 3 and 4 of the LC25000 1% plain ViT from the `cs_pool10` "
