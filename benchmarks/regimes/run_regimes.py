@@ -214,6 +214,11 @@ NETWORKS = {
     # One threshold fed the student the classes the teacher finds easy (session 30)
     "vit_cs_ssl_all5_mx_stq5_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2,
                                         "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.0, "class_quota": 0.5, "step_scale": 3},
+    # ... and consistency training (bundle unlabelled_ratio, medmem.engine.consistency; FixMatch-style): at every step the
+    # network labels as many unlabelled images (the 11,589 outside the regime) as the batch holds, from a weak view, and
+    # learns that label on a strong view (colour jitter, cutout) where its probability is >= 0.95. Same trunk, recipe and
+    # steps as vit_cs_ssl_all5 (no mixup, which it refuses)
+    "vit_cs_ssl_all5_cons": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "unlabelled_ratio": 1.0, "consistency_threshold": 0.95},
     # ... and an average of the weights (bundle weight_average_decay; 0.99 per step, a horizon of about 100 of the 3%
     # cells' 500 steps) validated and kept in place of the trained weights, for the memory ViT (which cannot take mixup:
     # its memory stores unmixed images) and its plain ViT, same trunk, recipe and steps

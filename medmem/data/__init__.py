@@ -3,7 +3,14 @@
 from medmem.data.datalist import class_names, load_datalist
 from medmem.data.manifest import check_manifest, load_manifest
 from medmem.data.readers import DicomReader, ImageLoadError, NpzReader
-from medmem.data.transforms import LoadMedicalImage, LoadMedicalImaged, eval_transforms, train_transforms, two_view_transforms
+from medmem.data.transforms import (
+    LoadMedicalImage,
+    LoadMedicalImaged,
+    consistency_view_transforms,
+    eval_transforms,
+    train_transforms,
+    two_view_transforms,
+)
 
 __all__ = [
     "DicomReader",
@@ -18,4 +25,5 @@ __all__ = [
     "load_manifest",
     "train_transforms",
     "two_view_transforms",
+    "consistency_view_transforms",
 ]

@@ -27,6 +27,7 @@ from monai.transforms import (
     MapTransform,
     RandAdjustContrastd,
     RandAffined,
+    RandCoarseDropoutd,
     RandFlipd,
     RandRotate90d,
     RandScaleIntensityd,
@@ -301,4 +302,28 @@ def two_view_transforms(image_size: int | Sequence[int], in_channels: int, spati
         + view_augmentations(size, spatial_dims, "image")
         + view_augmentations(size, spatial_dims, "image_2")
         + [EnsureTyped(("image", "image_2"), dtype=torch.float32, track_meta=False)]
+    )
+
+
+def consistency_view_transforms(
+    image_size: int | Sequence[int], in_channels: int, spatial_dims: int = 2, window: Sequence[float] | None = None, rotate90: bool = True
+) -> Compose:
+    """Evaluation chain, then two independent views of one unlabelled image for consistency training: ``image`` the weak
+    view (the training augmentation: flips, turns, small affine) whose prediction labels it, and ``image_strong`` the
+    strong view the network must then give that label (flips, turns, the gamma and colour jitter, and one blanked
+    square of a quarter to a half of each side: cutout, as FixMatch's strong view has). Both (in_channels, *image_size)."""
+    size = (image_size,) * spatial_dims if isinstance(image_size, int) else tuple(image_size)
+    base = eval_transforms(size, in_channels, spatial_dims, window)
+    strong = "image_strong"
+    return Compose(
+        list(base.transforms)
+        + [CopyItemsd("image", times=1, names=[strong])]
+        + augmentations(spatial_dims, ("image",), rotate90)
+        + [RandFlipd(strong, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+        + ([RandRotate90d(strong, prob=0.5, max_k=3)] if as_flag(rotate90, "rotate90") and spatial_dims == 2 else [])
+        + intensity_augmentations((strong,))
+        + [
+            RandCoarseDropoutd(strong, holes=1, spatial_size=[max(1, s // 4) for s in size], max_spatial_size=[max(1, s // 2) for s in size], fill_value=0.5, prob=1.0),
+            EnsureTyped(("image", strong), dtype=torch.float32, track_meta=False),
+        ]
     )

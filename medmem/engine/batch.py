@@ -63,13 +63,20 @@ class MixUpBatch(PrepareBatchWithIds):
         return mixed, targets.reshape(len(images), self.num_classes), args, network_kwargs
 
 
-def training_batches(mixup_alpha: float, num_classes: int, memory_mode: str, seed: int = 0) -> PrepareBatchWithIds:
-    """The bundle's training batch preparation: plain (``mixup_alpha`` 0) or mixed (:class:`MixUpBatch`).
+def training_batches(mixup_alpha: float, num_classes: int, memory_mode: str, seed: int = 0, consistency: PrepareBatchWithIds | None = None) -> PrepareBatchWithIds:
+    """The bundle's training batch preparation: plain (``mixup_alpha`` 0), mixed (:class:`MixUpBatch`) or with the
+    unlabelled images of consistency training (``consistency``: a ``medmem.engine.consistency.ConsistencyBatch``).
 
-    Mixup is for networks without a memory (``memory_mode`` ``"off"``): a memory writes each training image's entries
-    under its sample id and votes with its label, and a mix of two images is neither's."""
+    Both are for networks without a memory (``memory_mode`` ``"off"``): a memory writes each training image's entries
+    under its sample id and votes with its label, and a mix of two images is neither's, nor is an unlabelled image's
+    row labelled."""
     if mixup_alpha < 0:
         raise ValueError(f"mixup_alpha must be >= 0 (0: no mixup), got {mixup_alpha}")
+    if consistency is not None:
+        if mixup_alpha > 0 or memory_mode != "off":
+            raise ValueError(f"consistency training (unlabelled_ratio > 0) needs memory_mode 'off' and mixup_alpha 0, got memory_mode "
+                             f"{memory_mode!r} and mixup_alpha {mixup_alpha}")  # fmt: skip
+        return consistency
     if mixup_alpha == 0:
         return PrepareBatchWithIds()
     if memory_mode != "off":

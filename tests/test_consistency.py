@@ -1,0 +1,136 @@
+"""Consistency training: which unlabelled views join a batch, under which target, and what the loss makes of them."""
+
+import pytest
+import torch
+
+from medmem.engine.batch import PrepareBatchWithIds, training_batches
+from medmem.engine.consistency import IGNORED, ConsistencyBatch, UnlabelledStream, unlabelled_items
+from medmem.engine.losses import MemoryAwareLoss
+
+
+class FixedStream:
+    """The same (weak, strong) views every call."""
+
+    passes = 0
+
+    def __init__(self, weak: torch.Tensor, strong: torch.Tensor) -> None:
+        self.weak, self.strong = weak, strong
+
+    def next(self):
+        return self.weak, self.strong
+
+
+def _network() -> torch.nn.Module:
+    torch.manual_seed(0)
+    # dropout shows whether the labelling prediction ran in eval mode: in train mode it would differ call to call
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(12, 3))
+
+
+class Net(torch.nn.Module):
+    """Takes the sample_ids keyword as the bundle's networks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _network()
+
+    def forward(self, x, sample_ids=None):
+        return self.body(x)
+
+
+def test_confident_weak_predictions_label_the_strong_views_and_the_rest_are_ignored():
+    net = Net().train()
+    weak, strong = torch.randn(6, 3, 2, 2), torch.randn(6, 3, 2, 2)
+    with torch.no_grad():
+        probs = net.eval()(weak).softmax(-1)
+    net.train()
+    threshold = float(probs.max(-1).values.median())  # about half the unlabelled images are confident
+    batch = {"image": torch.randn(4, 3, 2, 2), "label": torch.tensor([0, 1, 2, 1]), "sample_id": torch.tensor([5, 6, 7, 8])}
+    images, targets, _, kwargs = ConsistencyBatch(net, FixedStream(weak, strong), threshold)(batch)
+    torch.testing.assert_close(images, torch.cat([batch["image"], strong]))
+    confident = probs.max(-1).values >= threshold
+    assert 0 < int(confident.sum()) < 6
+    expected = torch.where(confident, probs.argmax(-1), torch.full((6,), IGNORED))
+    assert targets.tolist() == [0, 1, 2, 1] + expected.tolist()
+    assert kwargs["sample_ids"].tolist() == [5, 6, 7, 8] + [-1] * 6  # nothing written or excluded for unlabelled rows
+    assert net.training  # back in training mode after the eval-mode prediction
+
+
+def test_the_loss_is_the_mean_cross_entropy_over_labelled_and_confident_rows_only():
+    loss = MemoryAwareLoss(Net(), label_smoothing=0.1)
+    logits = torch.randn(7, 3)
+    targets = torch.tensor([0, 2, 1, 1, IGNORED, 2, IGNORED])
+    kept = targets != IGNORED
+    by_hand = torch.nn.functional.cross_entropy(logits[kept], targets[kept], label_smoothing=0.1)
+    torch.testing.assert_close(loss(logits, targets), by_hand)
+    moved = logits.clone()
+    moved[~kept] += 10 * torch.randn(int((~kept).sum()), 3)  # an ignored row's prediction does not count
+    torch.testing.assert_close(loss(moved, targets), by_hand)
+
+
+def test_unlabelled_items_are_the_images_outside_the_regime_without_labels(tmp_path):
+    training = [{"image": f"t{i}.png", "label": i % 2, "sha256": f"h{i}"} for i in range(5)]
+    manifest = {"name": "toy", "classes": ["a", "b"], "training": training, "validation": [], "test": [], "regimes": {"40": [0, 3]}}
+    items = unlabelled_items(manifest, 40, tmp_path)
+    assert [d["image"] for d in items] == [str(tmp_path / f"t{i}.png") for i in (1, 2, 4)]
+    assert all("label" not in d for d in items)
+
+
+def test_the_stream_goes_through_every_unlabelled_image_once_per_pass_in_a_seeded_order():
+    items = [{"image": torch.full((1, 1), float(i)), "image_strong": torch.full((1, 1), -float(i))} for i in range(10)]
+
+    def order(seed: int) -> tuple[list[float], int]:
+        stream = UnlabelledStream(items, None, batch_size=5, seed=seed)
+        seen = [float(v) for _ in range(4) for v in stream.next()[0].flatten()]
+        return seen, stream.passes
+
+    seen, passes = order(0)
+    assert sorted(seen[:10]) == sorted(seen[10:]) == [float(i) for i in range(10)] and passes == 1
+    assert seen[:10] != seen[10:]  # reshuffled on the second pass
+    assert order(0)[0] == seen and order(1)[0] != seen
+    with pytest.raises(ValueError, match="unlabelled images"):
+        UnlabelledStream([], None, batch_size=5)
+
+
+def test_consistency_needs_a_network_without_memory_and_without_mixup():
+    batches = ConsistencyBatch(Net(), FixedStream(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)), 0.9)
+    assert training_batches(0.0, 3, "off", consistency=batches) is batches
+    assert type(training_batches(0.0, 3, "full")) is PrepareBatchWithIds
+    with pytest.raises(ValueError, match="memory_mode 'off' and mixup_alpha 0"):
+        training_batches(0.0, 3, "full", consistency=batches)
+    with pytest.raises(ValueError, match="memory_mode 'off' and mixup_alpha 0"):
+        training_batches(0.2, 3, "off", consistency=batches)
+    with pytest.raises(ValueError, match="consistency_threshold"):
+        ConsistencyBatch(Net(), FixedStream(torch.zeros(1), torch.zeros(1)), 0.0)
+
+
+def test_bundle_trainer_takes_unlabelled_views_and_evaluator_does_not(data_root):
+    import json
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    configs = Path(__file__).resolve().parent.parent / "bundles" / "movit_classification" / "configs"
+    parser = ConfigParser()
+    parser.read_config(str(configs / "train.json"))
+    tiny = {"regime": 1, "image_size": 32, "patch_size": 8, "hidden_size": 32, "mlp_dim": 64, "num_layers": 2, "num_heads": 2, "cache_workers": 0}
+    parser.update({**tiny, "memory_mode": "off", "unlabelled_ratio": 0.5, "batch_size": 8, "consistency_threshold": 0.2})
+    trainer = parser.get_parsed_content("train#trainer")
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    batches = trainer.prepare_batch
+    assert isinstance(batches, ConsistencyBatch) and batches.network is trainer.network and batches.threshold == 0.2
+    assert type(evaluator.prepare_batch) is PrepareBatchWithIds
+    manifest = json.loads((Path(__file__).resolve().parent.parent / "data_manifests" / "pbc_blood_cells_96.json").read_text())
+    labelled = {manifest["training"][i]["image"] for i in manifest["regimes"]["1"]}
+    unlabelled = batches.stream.loader.dataset.data
+    assert len(unlabelled) == len(manifest["training"]) - len(labelled) and all("label" not in d for d in unlabelled)
+    assert not labelled & {str(Path(d["image"]).relative_to(data_root)) for d in unlabelled}
+    images, targets, _, kwargs = batches(next(iter(trainer.data_loader)))
+    assert images.shape == (8 + 4, 3, 32, 32) and targets.shape == (12,) and kwargs["sample_ids"][8:].tolist() == [-1] * 4
+    loss = trainer.loss_function(trainer.network(images, **kwargs), targets)
+    assert torch.isfinite(loss) and loss.requires_grad
+    parser.update({"memory_mode": "full"})
+    with pytest.raises(RuntimeError) as refused:  # MONAI's config parser wraps the error it evaluated
+        parser.get_parsed_content("train_prepare_batch", lazy=False)
+    assert isinstance(refused.value.__cause__, ValueError) and "memory_mode 'off'" in str(refused.value.__cause__)
+    parser.update({"unlabelled_ratio": 0.0})  # the default: no unlabelled images
+    assert type(parser.get_parsed_content("train_prepare_batch", lazy=False)) is PrepareBatchWithIds
