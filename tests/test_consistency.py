@@ -134,3 +134,23 @@ def test_bundle_trainer_takes_unlabelled_views_and_evaluator_does_not(data_root)
     assert isinstance(refused.value.__cause__, ValueError) and "memory_mode 'off'" in str(refused.value.__cause__)
     parser.update({"unlabelled_ratio": 0.0})  # the default: no unlabelled images
     assert type(parser.get_parsed_content("train_prepare_batch", lazy=False)) is PrepareBatchWithIds
+
+
+def test_a_threshold_above_what_label_smoothing_lets_the_network_reach_warns(tmp_path):
+    import warnings
+
+    from medmem.engine.consistency import consistency_batches
+
+    training = [{"image": f"t{i}.png", "label": i % 2, "sha256": f"h{i}"} for i in range(4)]
+    manifest = {"name": "toy", "classes": ["a", "b"], "training": training, "validation": [], "test": [], "regimes": {"50": [0, 1]}}
+
+    def build(threshold: float, smoothing: float):
+        return consistency_batches(Net(), manifest, 50, tmp_path, 1.0, threshold, 2, 8, 3, label_smoothing=smoothing, num_classes=8)
+
+    with pytest.warns(UserWarning, match=r"above 0.9125"):  # 1 - 0.1 + 0.1 / 8
+        build(0.95, 0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert isinstance(build(0.9, 0.1), ConsistencyBatch) and isinstance(build(0.95, 0.0), ConsistencyBatch)
+    assert not [w for w in caught if "consistency_threshold" in str(w.message)]
+    assert consistency_batches(Net(), manifest, 50, tmp_path, 0.0, 0.95, 2, 8, 3) is None  # ratio 0: off
