@@ -101,7 +101,9 @@ HEADINGS = {
                      "Session 31: `vit_cs_ssl_all5_mx_stq5_steps3x` the first round's student (teacher `vit_cs_ssl_all5_mx_tta`, "
                      "recipe and 3x steps) with the unlabelled images chosen by a quota per class instead of one threshold: each "
                      "class the 0.5 x its labelled share x 11,589 images the teacher assigns to it most confidently (bundle 0.17.0 "
-                     "`pseudo_class_quota` 0.5, `pseudo_threshold` 0); `vit_cs_ssl_all5_steps3x` the plain ViT given 3x steps."),
+                     "`pseudo_class_quota` 0.5, `pseudo_threshold` 0); `vit_cs_ssl_all5_cons` the plain ViT with consistency training on "
+                     "the unlabelled rest (bundle 0.17.0 `unlabelled_ratio` 1, `consistency_threshold` 0.95; FixMatch-style, the "
+                     "network labels them itself each step; same steps), `_cons85` the same at threshold 0.85."),
     "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
                    "Session 25: seeds 3, 4 and 5 of the PBC 10% plain ViT from the `cs_all5` trunk, its k-NN and the memory ViT "
                    "trained with its read alone (`movit_cs_ssl_all5_nv`); seeds 3 and 4 of the LC25000 1% plain ViT from the `cs_pool10` "
