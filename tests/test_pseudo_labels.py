@@ -117,6 +117,11 @@ def test_teacher_scores_are_saved_reused_for_the_same_teacher_and_refused_for_an
         teacher_scores(Refuses(), checkpoint, items, [1, 3, 4], lambda d: d, scores, dihedral=True)
     with pytest.raises(ValueError, match="another indices"):
         teacher_scores(Refuses(), checkpoint, items, [1, 3], lambda d: d, scores, dihedral=False)
+    hashed = tmp_path / "hashed.npz"
+    teacher_scores(net, checkpoint, items, [1, 3, 4], lambda d: d, hashed, dihedral=False, image_hashes=["h1", "h3", "h4"])
+    np.testing.assert_array_equal(teacher_scores(Refuses(), checkpoint, items, [1, 3, 4], lambda d: d, hashed, dihedral=False, image_hashes=["h1", "h3", "h4"]), first)
+    with pytest.raises(ValueError, match="another images_sha256"):  # the manifest now holds other images at those indices
+        teacher_scores(Refuses(), checkpoint, items, [1, 3, 4], lambda d: d, hashed, dihedral=False, image_hashes=["h1", "h3", "h9"])
     torch.nn.init.zeros_(net[1].weight)
     torch.save(net.state_dict(), checkpoint)  # the teacher was retrained: its old scores must not be used
     with pytest.raises(ValueError, match="another teacher_sha256"):

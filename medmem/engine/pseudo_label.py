@@ -9,6 +9,7 @@ read here. The teacher's scores are kept (``.npz``) so that another selection fr
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -53,15 +54,19 @@ def teacher_scores(
     preprocessing: Callable,
     scores: str | os.PathLike,
     dihedral: bool = True,
+    image_hashes: list[str] | None = None,
     **loader: Any,
 ) -> np.ndarray:
     """The teacher's class probabilities (N, C) for ``items[i]`` for i in ``indices``, read from ``scores`` when that
     file holds this teacher's scores of these images, else computed (``teacher_probabilities``) and saved there.
 
     ``network`` must already hold ``checkpoint``'s weights. The file keys the scores by the checkpoint's sha256, the
-    dihedral flag and the scored training indices; a file made otherwise is refused by name, not silently reused.
+    dihedral flag, the scored training indices and, given ``image_hashes`` (the manifest's content hashes of the scored
+    images, in order), their contents; a file made otherwise is refused by name, not silently reused.
     """
     identity = {"teacher_sha256": sha256_file(checkpoint), "dihedral": bool(dihedral), "indices": np.asarray(indices, dtype=np.int64)}
+    if image_hashes is not None:
+        identity["images_sha256"] = hashlib.sha256("\n".join(image_hashes).encode()).hexdigest()
     if Path(scores).exists():
         with np.load(scores) as saved:
             differs = [k for k, v in identity.items() if k not in saved or not np.array_equal(saved[k], v)]
@@ -104,7 +109,7 @@ def write_pseudo_labelled_manifest(
     indices = unlabelled_indices(source, regime)
     items = load_datalist(source, "training", data_root)
     scores = Path(scores) if scores else Path(out).with_suffix(".scores.npz")
-    probs = teacher_scores(network, checkpoint, items, indices, preprocessing, scores, dihedral,
+    probs = teacher_scores(network, checkpoint, items, indices, preprocessing, scores, dihedral, [source["training"][i]["sha256"] for i in indices],
                            batch_size=batch_size, num_workers=num_workers, device=device)  # fmt: skip
     derived = pseudo_labelled_manifest(source, regime, indices, probs, threshold, class_quota)
     names = class_names or source["classes"]
