@@ -209,9 +209,9 @@ NETWORKS = {
     "vit_cs_ssl_all5_mx_st2_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2,
                                        "teacher": "vit_cs_ssl_all5_mx_st_steps3x", "pseudo_threshold": 0.9, "step_scale": 3},
     # session 31: the first round's teacher and recipe (vit_cs_ssl_all5_mx_st_steps3x), the unlabelled images chosen by a
-    # quota per class instead of one threshold (medmem.data.pseudo_labels.class_quota_selection): each class takes its
-    # most confident half of the places its labelled share gives it (0.5 x share x 11,589), whatever its confidence.
-    # One threshold fed the student the classes the teacher finds easy (session 30)
+    # quota per class instead of one threshold (medmem.data.pseudo_labels.class_quota_selection): each class gets
+    # 0.5 x its labelled share x 11,589 places, filled by the images the teacher assigns to it most confidently, however
+    # confident. One threshold fed the student the classes the teacher finds easy (session 30)
     "vit_cs_ssl_all5_mx_stq5_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "mixup_alpha": 0.2,
                                         "teacher": "vit_cs_ssl_all5_mx", "pseudo_threshold": 0.0, "class_quota": 0.5, "step_scale": 3},
     # ... and consistency training (bundle unlabelled_ratio, medmem.engine.consistency; FixMatch-style): at every step the
