@@ -242,13 +242,19 @@ def intensity_augmentations(keys: Sequence[str] = ("image",)) -> list:
     ]
 
 
+def flips_and_turns(keys: KeysCollection, spatial_dims: int = 2, rotate90: bool = True) -> list:
+    """A random flip along each spatial axis, then (2D, ``rotate90``) a random right-angle turn."""
+    augs: list = [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+    if as_flag(rotate90, "rotate90") and spatial_dims == 2:
+        augs.append(RandRotate90d(keys, prob=0.5, max_k=3))
+    return augs
+
+
 def augmentations(spatial_dims: int = 2, keys: Sequence[str] = ("image",), rotate90: bool = True, intensity: bool = False) -> list:
     """Label-preserving augmentation for training only: flips, right-angle turns, small affine, and with
     ``intensity`` the gamma and colour jitter of :func:`intensity_augmentations`."""
-    rotate90, intensity = as_flag(rotate90, "rotate90"), as_flag(intensity, "intensity_augment")
-    augs: list = [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
-    if rotate90 and spatial_dims == 2:
-        augs.append(RandRotate90d(keys, prob=0.5, max_k=3))
+    intensity = as_flag(intensity, "intensity_augment")
+    augs = flips_and_turns(keys, spatial_dims, rotate90)
     augs.append(
         RandAffined(
             keys,
@@ -283,8 +289,7 @@ def view_augmentations(image_size: Sequence[int], spatial_dims: int, key: str) -
     return [
         RandSpatialCropd(key, roi_size=min_side, random_size=True),
         Resized(key, spatial_size=tuple(image_size), mode="area" if spatial_dims == 2 else "trilinear"),
-        *[RandFlipd(key, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)],
-        *([RandRotate90d(key, prob=0.5, max_k=3)] if spatial_dims == 2 else []),
+        *flips_and_turns(key, spatial_dims),
         *intensity_augmentations((key,)),
     ]
 
@@ -319,8 +324,7 @@ def consistency_view_transforms(
         list(base.transforms)
         + [CopyItemsd("image", times=1, names=[strong])]
         + augmentations(spatial_dims, ("image",), rotate90)
-        + [RandFlipd(strong, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
-        + ([RandRotate90d(strong, prob=0.5, max_k=3)] if as_flag(rotate90, "rotate90") and spatial_dims == 2 else [])
+        + flips_and_turns(strong, spatial_dims, rotate90)
         + intensity_augmentations((strong,))
         + [
             RandCoarseDropoutd(strong, holes=1, spatial_size=[max(1, s // 4) for s in size], max_spatial_size=[max(1, s // 2) for s in size], fill_value=0.5, prob=1.0),
