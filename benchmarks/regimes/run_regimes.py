@@ -222,6 +222,10 @@ NETWORKS = {
     # ... at threshold 0.85: with label smoothing 0.1 over 8 classes the top probability trains towards 0.9125, and at
     # 0.95 only 3.3% of the unlabelled images counted over the first pass (run log)
     "vit_cs_ssl_all5_cons85": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "unlabelled_ratio": 1.0, "consistency_threshold": 0.85},
+    # session 32: the same given three times the steps (the unlabelled images seen about 9 times; FixMatch trains far
+    # longer than the supervised recipe), against the mixup ViT given the same (vit_cs_ssl_all5_mx_steps3x)
+    "vit_cs_ssl_all5_cons85_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "unlabelled_ratio": 1.0,
+                                       "consistency_threshold": 0.85, "step_scale": 3},
     # ... and an average of the weights (bundle weight_average_decay; 0.99 per step, a horizon of about 100 of the 3%
     # cells' 500 steps) validated and kept in place of the trained weights, for the memory ViT (which cannot take mixup:
     # its memory stores unmixed images) and its plain ViT, same trunk, recipe and steps
