@@ -91,16 +91,62 @@ def test_the_stream_goes_through_every_unlabelled_image_once_per_pass_in_a_seede
         UnlabelledStream([], None, batch_size=5)
 
 
-def test_consistency_needs_a_network_without_memory_and_without_mixup():
+def test_consistency_refuses_mixup_and_is_open_to_memory_networks():
     batches = ConsistencyBatch(Net(), FixedStream(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)), 0.9)
     assert training_batches(0.0, 3, "off", consistency=batches) is batches
+    assert training_batches(0.0, 3, "full", consistency=batches) is batches
     assert type(training_batches(0.0, 3, "full")) is PrepareBatchWithIds
-    with pytest.raises(ValueError, match="memory_mode 'off' and mixup_alpha 0"):
-        training_batches(0.0, 3, "full", consistency=batches)
-    with pytest.raises(ValueError, match="memory_mode 'off' and mixup_alpha 0"):
+    with pytest.raises(ValueError, match="needs mixup_alpha 0"):
         training_batches(0.2, 3, "off", consistency=batches)
     with pytest.raises(ValueError, match="consistency_threshold"):
         ConsistencyBatch(Net(), FixedStream(torch.zeros(1), torch.zeros(1)), 0.0)
+
+
+def _memory_vit(readout: str) -> torch.nn.Module:
+    from medmem.networks import MemoryViT
+
+    torch.manual_seed(0)
+    return MemoryViT(3, 16, 4, 3, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2, memory_k=4, memory_mode="full", readout=readout)
+
+
+def _memory_rows(net: torch.nn.Module) -> list[tuple[torch.Tensor, ...]]:
+    """(sample ids, labels, keys) of every memory the network writes (its memorising layer's, its readout's bank)."""
+    stores = [layer.memory for layer in net.memory_layers()] + ([net.readout.memory] if net.readout is not None else [])
+    return [(m.row_ids[: m.num_written].clone(), m.row_labels[: m.num_written].clone(), m.keys[:, : m.num_written * m.tokens].clone()) for m in stores]
+
+
+@pytest.mark.parametrize("readout", ["linear", "neighbours"])
+def test_a_memory_network_writes_the_labelled_rows_of_a_consistency_batch_as_a_plain_batch_would(readout):
+    from medmem.engine.handlers import MemoryWriter
+
+    batch = {"image": torch.randn(4, 3, 16, 16), "label": torch.tensor([0, 2, 1, 2]), "sample_id": torch.tensor([5, 9, 6, 8])}
+    weak, strong = torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    written = []
+    for batches in (PrepareBatchWithIds(), ConsistencyBatch(_memory_vit(readout), FixedStream(weak, strong), 1e-6)):  # every unlabelled row confident
+        net = batches.network if isinstance(batches, ConsistencyBatch) else _memory_vit(readout)
+        net.train()  # dropout 0: a row's keys depend on its own image only, while the memory is empty
+        images, targets, _, kwargs = batches(batch)
+        net(images, **kwargs)
+        engine = type("Engine", (), {"state": type("State", (), {"batch": batch})()})()
+        MemoryWriter(net)(engine)  # commits the loader batch's ids and labels, as in the bundle
+        written.append(_memory_rows(net))
+    assert len(written[1]) == (2 if readout == "neighbours" else 1)
+    for (ids, labels, keys), (plain_ids, plain_labels, plain_keys) in zip(written[1], written[0]):
+        assert ids.tolist() == [5, 9, 6, 8] and labels.tolist() == [0, 2, 1, 2]  # the unlabelled views wrote nothing
+        assert torch.equal(plain_ids, ids) and torch.equal(plain_labels, labels)
+        torch.testing.assert_close(keys, plain_keys)  # each id holds its own image's keys, not a neighbouring row's
+
+
+def test_a_forward_whose_labelled_rows_are_not_the_batch_is_refused():
+    from medmem.memory.store import forward_rows
+
+    ids, labels = forward_rows(torch.tensor([5, 6, -1, -1]), torch.tensor([5, 6]), torch.tensor([1, 0]), 4)
+    assert ids.tolist() == [5, 6, -1, -1] and labels.tolist() == [1, 0, -1, -1]
+    same = torch.tensor([3, 4])
+    assert forward_rows(torch.tensor([-1, -1]), same, None, 2)[0].tolist() == [3, 4]  # as many rows as the batch: its own ids
+    for forward in ([6, 5, -1, -1], [5, -1, -1, -1], [5, 6, 7, -1]):
+        with pytest.raises(ValueError, match="do not extend the batch"):
+            forward_rows(torch.tensor(forward), torch.tensor([5, 6]), torch.tensor([1, 0]), 4)
 
 
 def test_bundle_trainer_takes_unlabelled_views_and_evaluator_does_not(data_root):
@@ -128,10 +174,12 @@ def test_bundle_trainer_takes_unlabelled_views_and_evaluator_does_not(data_root)
     assert images.shape == (8 + 4, 3, 32, 32) and targets.shape == (12,) and kwargs["sample_ids"][8:].tolist() == [-1] * 4
     loss = trainer.loss_function(trainer.network(images, **kwargs), targets)
     assert torch.isfinite(loss) and loss.requires_grad
-    parser.update({"memory_mode": "full"})
+    parser.update({"mixup_alpha": 0.2})
     with pytest.raises(RuntimeError) as refused:  # MONAI's config parser wraps the error it evaluated
         parser.get_parsed_content("train_prepare_batch", lazy=False)
-    assert isinstance(refused.value.__cause__, ValueError) and "memory_mode 'off'" in str(refused.value.__cause__)
+    assert isinstance(refused.value.__cause__, ValueError) and "needs mixup_alpha 0" in str(refused.value.__cause__)
+    parser.update({"mixup_alpha": 0.0, "memory_mode": "full"})  # the memory ViT takes it
+    assert isinstance(parser.get_parsed_content("train_prepare_batch", lazy=False), ConsistencyBatch)
     parser.update({"unlabelled_ratio": 0.0})  # the default: no unlabelled images
     assert type(parser.get_parsed_content("train_prepare_batch", lazy=False)) is PrepareBatchWithIds
 

@@ -226,6 +226,10 @@ NETWORKS = {
     # longer than the supervised recipe), against the mixup ViT given the same (vit_cs_ssl_all5_mx_steps3x)
     "vit_cs_ssl_all5_cons85_steps3x": {"memory_mode": "off", "stem": "conv", "pretrain": "cs_all5", "unlabelled_ratio": 1.0,
                                        "consistency_threshold": 0.85, "step_scale": 3},
+    # session 32: the memory ViT with consistency training (bundle 0.18.0: the unlabelled views read the memory and are
+    # never written to it), against movit_cs_ssl_all5 and vit_cs_ssl_all5_cons85: does the lever that lifted the plain
+    # ViT lift the memory ViT as much, and does the memory then lead?
+    "movit_cs_ssl_all5_cons85": {**MOVIT, "stem": "conv", "pretrain": "cs_all5", "unlabelled_ratio": 1.0, "consistency_threshold": 0.85},
     # ... and an average of the weights (bundle weight_average_decay; 0.99 per step, a horizon of about 100 of the 3%
     # cells' 500 steps) validated and kept in place of the trained weights, for the memory ViT (which cannot take mixup:
     # its memory stores unmixed images) and its plain ViT, same trunk, recipe and steps

@@ -67,15 +67,15 @@ def training_batches(mixup_alpha: float, num_classes: int, memory_mode: str, see
     """The bundle's training batch preparation: plain (``mixup_alpha`` 0), mixed (:class:`MixUpBatch`) or with the
     unlabelled images of consistency training (``consistency``: a ``medmem.engine.consistency.ConsistencyBatch``).
 
-    Both are for networks without a memory (``memory_mode`` ``"off"``): a memory writes each training image's entries
-    under its sample id and votes with its label, and a mix of two images is neither's, nor is an unlabelled image's
-    row labelled."""
+    Mixup is for networks without a memory (``memory_mode`` ``"off"``): a memory writes each training image's entries
+    under its sample id and votes with its label, and a mix of two images is neither's. Consistency training keeps the
+    labelled rows as they are and appends the unlabelled ones with id -1, which read the memory but are never written
+    to it (``medmem.memory.store.forward_rows``), so it is open to every network; the two do not combine."""
     if mixup_alpha < 0:
         raise ValueError(f"mixup_alpha must be >= 0 (0: no mixup), got {mixup_alpha}")
     if consistency is not None:
-        if mixup_alpha > 0 or memory_mode != "off":
-            raise ValueError(f"consistency training (unlabelled_ratio > 0) needs memory_mode 'off' and mixup_alpha 0, got memory_mode "
-                             f"{memory_mode!r} and mixup_alpha {mixup_alpha}")  # fmt: skip
+        if mixup_alpha > 0:
+            raise ValueError(f"consistency training (unlabelled_ratio > 0) needs mixup_alpha 0, got {mixup_alpha}")
         return consistency
     if mixup_alpha == 0:
         return PrepareBatchWithIds()

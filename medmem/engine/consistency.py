@@ -9,8 +9,9 @@ below the threshold join with target -100, which cross-entropy ignores, so the s
 over the labelled images and the confident unlabelled ones. The unlabelled images' true labels are dropped before they
 are loaded, so nothing here can read them.
 
-For networks without a memory (``memory_mode`` ``off``), as mixup is: the memory writes each batch row under its
-sample id and the memory terms need every row's class.
+Open to the memory networks: the appended rows have sample id -1, so they read the memory as any image does (nothing
+of theirs to exclude) and are never written to it (``medmem.memory.store.forward_rows``); an unconfident row's target
+-100 is no class of the memory's contrastive loss either. Not with mixup, which replaces the batch it would extend.
 """
 
 from __future__ import annotations

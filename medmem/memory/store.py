@@ -327,6 +327,30 @@ class ExternalMemory(nn.Module):
         return f"heads={self.num_heads}, head_dim={self.head_dim}, tokens={self.tokens}, momentum={self.momentum}, samples={self.num_written}"
 
 
+def forward_rows(forward_ids: torch.Tensor | None, batch_ids: torch.Tensor, labels: torch.Tensor | None, rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sample ids and labels (rows,) to write a training forward's ``rows`` rows under, given the training batch's
+    own ids and labels (B,) (what ``medmem.engine.MemoryWriter`` reads from the loader's batch).
+
+    The forward may hold more rows than the batch: consistency training appends the strong views of unlabelled images,
+    with sample id -1 (``medmem.engine.consistency.ConsistencyBatch``). They are no training cases: they keep id -1,
+    which ``ExternalMemory.write`` skips, and label -1. The batch's images must then be the forward's rows with ids >= 0
+    (``forward_ids`` (rows,), the ids the forward was given), in order; anything else would write keys under another
+    image's id, so it is refused."""
+    batch_ids = batch_ids.reshape(-1)
+    if forward_ids is None or rows == batch_ids.shape[0]:
+        return batch_ids, labels
+    forward_ids = forward_ids.reshape(-1).long().to(batch_ids.device)
+    written = forward_ids >= 0
+    if forward_ids.shape[0] != rows or not torch.equal(forward_ids[written], batch_ids.long()):
+        raise ValueError(f"memory write: the forward held {rows} rows with sample ids {forward_ids.tolist()}, which do not extend the "
+                         f"batch's {batch_ids.tolist()} by rows of id -1")  # fmt: skip
+    if labels is None:
+        return forward_ids, None
+    row_labels = torch.full_like(forward_ids, -1)
+    row_labels[written] = labels.reshape(-1).long().to(row_labels.device)
+    return forward_ids, row_labels
+
+
 def _all_gather_batch(keys: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
     """Concatenate every rank's batch (ranks may hold different batch sizes: pad with id -1)."""
     world = dist.get_world_size()

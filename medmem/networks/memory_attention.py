@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import SABlock, TransformerBlock
 from torch import nn
 
-from medmem.memory.store import ExternalMemory
+from medmem.memory.store import ExternalMemory, forward_rows
 
 MEMORY_MODES = ("off", "full", "prototypes")
 COMBINERS = ("gate", "joint", "vote")
@@ -310,9 +310,12 @@ class MemorySABlock(SABlock):
 
     @torch.no_grad()
     def commit_memory(self, sample_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
-        """Write the keys/values of the last training forward for these (B,) sample ids (and labels)."""
+        """Write the keys/values of the last training forward for the batch's (B,) sample ids (and labels); rows the
+        batch preparation appended with id -1 (consistency training's unlabelled views) are not written
+        (``medmem.memory.store.forward_rows``)."""
         if self.pending_keys is None:
             return
+        sample_ids, labels = forward_rows(self.train_sample_ids, sample_ids, labels, self.pending_keys.shape[0])
         self.memory.write(self.pending_keys, self.pending_values, sample_ids, labels)
         self.pending_keys = self.pending_values = None
 

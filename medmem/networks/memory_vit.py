@@ -295,7 +295,7 @@ class MemoryViT(nn.Module):
         for layer in self.memory_layers():
             layer.clear_transient()
         if self.readout is not None:
-            self.readout.pending = None
+            self.readout.pending = self.readout.pending_ids = None
 
     def set_memory_mode(self, mode: str) -> None:
         if mode not in MEMORY_MODES:

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from medmem.memory.store import ExternalMemory
+from medmem.memory.store import ExternalMemory, forward_rows
 
 READOUTS = ("linear", "neighbours")
 
@@ -38,6 +38,7 @@ class NeighbourReadout(nn.Module):
     """
 
     pending: Optional[torch.Tensor]
+    pending_ids: Optional[torch.Tensor]
 
     def __init__(self, hidden_size: int, num_classes: int, k: int = 32, momentum: float = 0.9, dropout_rate: float = 0.0, mode: str = "full", use_labels: bool = True) -> None:
         super().__init__()
@@ -54,6 +55,7 @@ class NeighbourReadout(nn.Module):
             nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Dropout(dropout_rate), nn.Linear(hidden_size, hidden_size, bias=False)
         )
         self.pending = None  # the last training forward's features (B, D), written by commit_memory
+        self.pending_ids = None  # ... and the sample ids (B,) that forward was given
 
     def set_mode(self, mode: str) -> None:
         if mode == "prototypes":
@@ -71,7 +73,7 @@ class NeighbourReadout(nn.Module):
         ``sample_ids`` (B,) (training only): each image's own bank entry is never read.
         """
         if self.training:
-            self.pending = features.detach()
+            self.pending, self.pending_ids = features.detach(), sample_ids
         if self.mode == "off" or self.memory.num_written == 0:
             return features
         return features + self.read(features, sample_ids)[2]
@@ -101,5 +103,6 @@ class NeighbourReadout(nn.Module):
         if self.pending is None:
             return
         feats = self.pending.view(self.pending.shape[0], 1, 1, -1)
+        sample_ids, labels = forward_rows(self.pending_ids, sample_ids, labels, feats.shape[0])
         self.memory.write(feats, feats, sample_ids, labels)
-        self.pending = None
+        self.pending = self.pending_ids = None
