@@ -12,6 +12,7 @@ and the dataset's shipped manifest, whose true labels it compares them with (the
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -19,8 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_regimes import NETWORKS, REPO, pseudo_manifest_path, require_data_root  # noqa: E402
 
+# the label smoothing the bundle trains every study network with (its default)
+LABEL_SMOOTHING = json.loads((REPO / "bundles" / "movit_classification" / "configs" / "train.json").read_text())["label_smoothing"]
 # the selections tabulated from one teacher's kept scores: (threshold, class quota)
-SWEEP = [(0.9, None), (0.7, None), (0.5, None), (0.0, 0.3), (0.0, 0.5), (0.0, 0.7), (0.0, 1.0)]
+SWEEP = [(0.9, None), (0.85, None), (0.7, None), (0.5, None), (0.0, 0.3), (0.0, 0.5), (0.0, 0.7), (0.0, 1.0)]
 
 
 def joined_summary(derived: dict, truth: dict[str, int], unlabelled: Counter, classes: list[str]) -> tuple[int, float, str]:
@@ -38,6 +41,7 @@ def selection_sweep(source: dict, args: argparse.Namespace, select) -> list[str]
     import numpy as np
 
     truth = {e["sha256"]: e["label"] for e in source["training"]}
+    ceilings: list[str] = []
     lines = [
         "",
         f"## Other selections from `{args.sweep_teacher}`'s kept scores",
@@ -64,7 +68,22 @@ def selection_sweep(source: dict, args: argparse.Namespace, select) -> list[str]
             n, acc, shares = joined_summary(derived, truth, unlabelled, source["classes"])
             rule = f"quota {quota:g}" if quota else f"threshold {threshold:g}"
             lines.append(f"| {seed} | {rule} | {n} | {acc:.3f} | {shares} |")
-    return lines
+        ceilings.append(confidence_ceiling(seed, probs.max(axis=1), len(source["classes"])))
+    return lines + ceiling_table(ceilings)
+
+
+def confidence_ceiling(seed: int, top, num_classes: int) -> str:
+    """A table row: how close the teacher's top class probabilities (N,) come to the top probability that the bundle's
+    label smoothing e trains towards, 1 - e + e / C (a threshold near it takes few images, session 31)."""
+    bound = 1 - LABEL_SMOOTHING + LABEL_SMOOTHING / num_classes
+    shares = " | ".join(f"{(top >= t).mean():.1%}" for t in (0.85, 0.9, bound, 0.95))
+    return f"| {seed} | {top.max():.4f} | {shares} |"
+
+
+def ceiling_table(rows: list[str]) -> list[str]:
+    bound = "1 - e + e/C"
+    return ["", f"Top class probability of the unlabelled images against the label-smoothing bound {bound} (bundle label_smoothing e = "
+            f"{LABEL_SMOOTHING:g}):", "", "| seed | highest | >= 0.85 | >= 0.9 | >= bound | >= 0.95 |", "|---|---|---|---|---|---|", *rows]
 
 
 def main() -> None:
