@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_vote import load  # noqa: E402
-from run_regimes import DATASETS, NETWORKS, REPO, finished, plain_counterpart, planned_epochs, require_data_root, unit_features  # noqa: E402
+from run_regimes import DATASETS, NETWORKS, REPO, cell_finished, plain_counterpart, require_data_root, unit_features  # noqa: E402
 from seed_tables import markdown, tabulate  # noqa: E402
 from write_vs_train import evaluate  # noqa: E402
 
@@ -46,7 +46,7 @@ def measure(dataset: str, network: str, regime: int, seed: int, runs: Path, mani
     c = len(manifest["classes"])
     plain_network = plain_counterpart(network)
     memory_run, plain_run = (runs / dataset / f"{n}_r{regime}_s{seed}" for n in (network, plain_network))
-    if not all(finished(r, planned_epochs(manifest, n, regime)) for r, n in ((memory_run, network), (plain_run, plain_network))):
+    if not all(cell_finished(dataset, n, regime, seed, runs, manifest) for n in (network, plain_network)):
         print(f"skip {dataset} {network} r{regime} s{seed}: {memory_run} or {plain_run} is not trained", file=sys.stderr)
         return None
     results = {"plain": evaluate(load(dataset, plain_network, plain_run, c), x, y, c)}

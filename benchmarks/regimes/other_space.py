@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_vote import load  # noqa: E402
-from run_regimes import DATASETS, NETWORKS, REPO, finished, load_arrays, planned_epochs, require_data_root  # noqa: E402
+from run_regimes import DATASETS, NETWORKS, REPO, cell_finished, load_arrays, require_data_root  # noqa: E402
 from seed_tables import markdown, tabulate  # noqa: E402
 
 SPACES = ("pixels", "stem", "block 2", "block 4", "final")
@@ -118,7 +118,7 @@ def measure(dataset: str, network: str, regime: int, seed: int, runs: Path, mani
 
     c = len(manifest["classes"])
     run = runs / dataset / f"{network}_r{regime}_s{seed}"
-    if not finished(run, planned_epochs(manifest, network, regime)):
+    if not cell_finished(dataset, network, regime, seed, runs, manifest):
         print(f"skip {dataset} r{regime} s{seed}: {run} is not trained", file=sys.stderr)
         return None
     net = load(dataset, network, run, c)

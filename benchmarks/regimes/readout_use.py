@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from head_vs_vote import load  # noqa: E402
-from run_regimes import DATASETS, REPO, finished, planned_epochs, read_all_results, require_data_root  # noqa: E402
+from run_regimes import DATASETS, REPO, cell_finished, read_all_results, require_data_root  # noqa: E402
 from seed_tables import markdown, tabulate  # noqa: E402
 from write_vs_train import evaluate  # noqa: E402
 
@@ -53,7 +53,7 @@ def measure(dataset: str, regime: int, seed: int, runs: Path, manifest: dict, x:
     c = len(manifest["classes"])
     run = runs / dataset / f"{NETWORK}_r{regime}_s{seed}"
     results = committed(dataset, regime, seed)
-    if not finished(run, planned_epochs(manifest, NETWORK, regime)) or results["plain"]["acc"] != results["plain"]["acc"]:
+    if not cell_finished(dataset, NETWORK, regime, seed, runs, manifest) or results["plain"]["acc"] != results["plain"]["acc"]:
         print(f"skip {dataset} r{regime} s{seed}: {run} is not trained or no committed {COMMITTED['plain']} row", file=sys.stderr)
         return None
     net = load(dataset, NETWORK, run, c)

@@ -355,6 +355,13 @@ def finished(run_dir: Path, epochs: int) -> bool:
     return (run_dir / "models" / f"checkpoint_epoch={epochs}.pt").exists()
 
 
+def cell_finished(dataset: str, network: str, regime: int, seed: int, runs: Path, manifest: dict) -> bool:
+    """Whether study run ``<network>_r<regime>_s<seed>`` trained all its planned epochs (a student's count its larger
+    training set: ``trained_images``)."""
+    images = trained_images(dataset, network, regime, seed, runs, manifest)
+    return finished(runs / dataset / f"{network}_r{regime}_s{seed}", planned_epochs(manifest, network, regime, images))
+
+
 def pretrained_trunk(dataset: str, recipe: str, runs: Path) -> Path:
     """The dataset's trunk pre-trained by ``PRETRAIN[recipe]`` (made, or resumed, on first use)."""
     settings = PRETRAIN[recipe]
@@ -504,7 +511,7 @@ def load_trained(dataset: str, network: str, regime: int, seed: int, runs: Path,
     import torch
 
     run_dir = runs / dataset / f"{network}_r{regime}_s{seed}"
-    if not finished(run_dir, planned_epochs(manifest, network, regime, trained_images(dataset, network, regime, seed, runs, manifest))):
+    if not cell_finished(dataset, network, regime, seed, runs, manifest):
         raise FileNotFoundError(f"{run_dir}: train the {network} cell first (no final-epoch checkpoint)")
     net = build(dataset, network, len(manifest["classes"]))
     net.load_state_dict(torch.load(run_dir / "models" / "model_full.pt", map_location="cpu", weights_only=True))

@@ -1,0 +1,47 @@
+"""The study driver's test of a finished cell: a self-training student's epochs count its larger training set, so the
+analysis scripts (memory_off.py, other_space.py, readout_use.py) see a finished student as finished."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "regimes" / "run_regimes.py"
+
+
+@pytest.fixture(scope="module")
+def run_regimes():
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("run_regimes", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def checkpoint(runs: Path, network: str, epoch: int) -> None:
+    models = runs / "pbc_blood_cells_96" / f"{network}_r3_s0" / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    (models / f"checkpoint_epoch={epoch}.pt").write_bytes(b"")
+
+
+def test_student_finishes_at_its_own_epochs(run_regimes, tmp_path):
+    manifest = {"classes": ["a", "b"], "training": [{}] * 1000, "regimes": {"3": list(range(362))}}
+    plain, student = "vit_cs_ssl_all5", "vit_cs_ssl_all5_st85"
+    # 500 steps over ceil(362 / 64) = 6 batches: 84 epochs; the student's 8,256 images make 129 batches: 4 epochs
+    assert run_regimes.planned_epochs(manifest, plain, 3) == 84
+    pseudo = run_regimes.pseudo_manifest_path("pbc_blood_cells_96", student, 3, 0, tmp_path)
+    pseudo.parent.mkdir(parents=True)
+    pseudo.write_text(json.dumps({"classes": ["a", "b"], "training": [{}] * 8256}))
+
+    assert not run_regimes.cell_finished("pbc_blood_cells_96", plain, 3, 0, tmp_path, manifest)
+    checkpoint(tmp_path, plain, 83)
+    assert not run_regimes.cell_finished("pbc_blood_cells_96", plain, 3, 0, tmp_path, manifest)
+    checkpoint(tmp_path, plain, 84)
+    assert run_regimes.cell_finished("pbc_blood_cells_96", plain, 3, 0, tmp_path, manifest)
+
+    checkpoint(tmp_path, student, 4)
+    assert run_regimes.cell_finished("pbc_blood_cells_96", student, 3, 0, tmp_path, manifest)
+    # the regime's own 362 images would ask a student for 84 epochs, and call its finished run unfinished
+    assert not run_regimes.finished(tmp_path / "pbc_blood_cells_96" / f"{student}_r3_s0", run_regimes.planned_epochs(manifest, student, 3))
