@@ -107,7 +107,11 @@ HEADINGS = {
                      "Session 32: `movit_cs_ssl_all5_cons85` the memory ViT with the same consistency training (bundle 0.18.0: the "
                      "unlabelled views read the memory and are never written to it); `vit_cs_ssl_all5_mx_st85_steps3x` the first "
                      "round's 3x student with the pseudo-label threshold at 0.85 instead of 0.9 (label smoothing caps the teacher's "
-                     "top probability near 0.9125: pseudo_label_quality_pbc_blood_cells_96_r3.md)."),
+                     "top probability near 0.9125: pseudo_label_quality_pbc_blood_cells_96_r3.md). "
+                     "Session 33: `movit_cs_ssl_all5_st85` the memory ViT as the student of the 0.85 pseudo-labels (teacher "
+                     "`vit_cs_ssl_all5_mx_tta`, same seed; its memory holds the pseudo-labelled images too), against "
+                     "`vit_cs_ssl_all5_st85` the plain ViT on the same manifest; both without mixup (which the memory refuses), at "
+                     "the 3% cells' steps."),
     "more_seeds": ("Seeds beyond 0-2 for the cells where the memory read's lead is smaller than the seed spread",
                    "Session 25: seeds 3, 4 and 5 of the PBC 10% plain ViT from the `cs_all5` trunk, its k-NN and the memory ViT "
                    "trained with its read alone (`movit_cs_ssl_all5_nv`); seeds 3 and 4 of the LC25000 1% plain ViT from the `cs_pool10` "
@@ -187,6 +191,7 @@ TARGET_MODELS = {
                   ("vit_cs_ssl10s1_trunkvotep", "vit_cs_ssl10s1", "vit_cs_ssl10s1_knn")],
     "second_trunk": [("movit_cs_ssl_all5", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl_all5_ema", "vit_cs_ssl_all5_ema", "vit_cs_ssl_all5_knn"),
                      ("movit_cs_ssl_all5_cons85", "vit_cs_ssl_all5_cons85", "vit_cs_ssl_all5_knn"),
+                     ("movit_cs_ssl_all5_st85", "vit_cs_ssl_all5_st85", "vit_cs_ssl_all5_knn"),
                      ("vit_cs_ssl_all5_trunkvotep", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"),
                      ("vit_cs_ssl_all5_mx_trunkvotep", "vit_cs_ssl_all5_mx", "vit_cs_ssl_all5_mx_knn")],
     "more_seeds": [("movit_cs_ssl_all5_nv", "vit_cs_ssl_all5", "vit_cs_ssl_all5_knn"), ("movit_cs_ssl10_nv", "vit_cs_ssl10", "vit_cs_ssl10_knn"),
