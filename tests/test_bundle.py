@@ -278,6 +278,7 @@ def test_pseudo_label_writes_a_self_training_manifest_that_the_bundle_trains_on(
     assert [(e["image"], e["label"]) for e in joined] == expect  # the teacher's class, never the true label
     summary = json.loads(manifest.with_suffix(".summary.json").read_text())
     assert summary["pseudo_labelled"] == len(joined) and summary["unlabelled"] == len(rest) and summary["labelled"] == len(labelled)
+    assert summary["teacher_top_probability"]["max"] == pytest.approx(float(probs.max()), abs=1e-5)
     assert not list(tmp_path.glob(".*"))  # written under temporary names, then renamed
     saved = dict(np.load(scores))
     np.testing.assert_allclose(saved["probabilities"], probs, rtol=0, atol=1e-5)

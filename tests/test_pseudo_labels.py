@@ -126,3 +126,40 @@ def test_teacher_scores_are_saved_reused_for_the_same_teacher_and_refused_for_an
     torch.save(net.state_dict(), checkpoint)  # the teacher was retrained: its old scores must not be used
     with pytest.raises(ValueError, match="another teacher_sha256"):
         teacher_scores(Refuses(), checkpoint, items, [1, 3, 4], lambda d: d, scores, dihedral=False)
+
+
+def test_the_summary_gives_the_teachers_top_probabilities_and_a_threshold_above_label_smoothings_ceiling_warns(tmp_path):
+    """A teacher trained with label smoothing e over C classes seldom passes 1 - e + e/C (session 32: PBC's never passed
+    0.956, and 0.9 took a third of its unlabelled images): the summary says where its top probabilities lie."""
+    import hashlib
+    import json
+    import warnings
+
+    import torch
+
+    from medmem.engine.pseudo_label import write_pseudo_labelled_manifest
+
+    m = _manifest()
+    (tmp_path / "source.json").write_text(json.dumps(m))
+    net = torch.nn.Linear(2, 3)
+    checkpoint = tmp_path / "teacher.pt"
+    torch.save(net.state_dict(), checkpoint)
+    idx = unlabelled_indices(m, 50)  # 3..7
+    probs = np.array([[0.95, 0.03, 0.02], [0.1, 0.88, 0.02], [0.3, 0.3, 0.4], [0.05, 0.05, 0.9], [0.7, 0.2, 0.1]])
+    images = hashlib.sha256("\n".join(m["training"][i]["sha256"] for i in idx).encode()).hexdigest()
+    teacher = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    np.savez(tmp_path / "scores.npz", probabilities=probs, teacher_sha256=teacher, dihedral=True, indices=np.asarray(idx), images_sha256=images)
+
+    def run(threshold):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            summary = write_pseudo_labelled_manifest(net, checkpoint, tmp_path / "source.json", 50, lambda d: d, tmp_path / "p.json", threshold=threshold,
+                                                     data_root=tmp_path, scores=tmp_path / "scores.npz", label_smoothing=0.1)  # fmt: skip
+        return summary, [str(w.message) for w in caught if "label_smoothing" in str(w.message)]
+
+    summary, warned = run(0.95)  # above 1 - 0.1 + 0.1/3 = 0.9333
+    assert summary["teacher_top_probability"] == pytest.approx({"max": 0.95, "median": 0.88})
+    assert summary["pseudo_labelled"] == 1
+    assert len(warned) == 1 and "pseudo_threshold 0.95 is above 0.9333" in warned[0]
+    summary, warned = run(0.85)
+    assert summary["pseudo_labelled"] == 3 and warned == []

@@ -107,6 +107,16 @@ def smoothed_top_probability(label_smoothing: float, num_classes: int) -> float:
     return 1 - label_smoothing + label_smoothing / num_classes
 
 
+def warn_if_above_smoothed_top(setting: str, threshold: float, label_smoothing: float, num_classes: int | None, consequence: str) -> bool:
+    """Warn (and return True) when confidence threshold ``setting`` = ``threshold`` is above ``smoothed_top_probability``:
+    a network trained with that smoothing seldom reaches it, so few images pass (``consequence`` says what that costs)."""
+    if not num_classes or label_smoothing <= 0 or float(threshold) <= smoothed_top_probability(label_smoothing, num_classes):
+        return False
+    warnings.warn(f"{setting} {threshold} is above {smoothed_top_probability(label_smoothing, num_classes):.4f}, the top probability that "
+                  f"label_smoothing {label_smoothing} over {num_classes} classes trains towards: {consequence}", stacklevel=3)  # fmt: skip
+    return True
+
+
 def consistency_batches(
     network: torch.nn.Module,
     manifest: str | os.PathLike | dict,
@@ -134,10 +144,7 @@ def consistency_batches(
         raise ValueError(f"unlabelled_ratio must be >= 0 (0: off), got {ratio}")
     if ratio == 0:
         return None
-    if num_classes and label_smoothing > 0 and float(threshold) > smoothed_top_probability(label_smoothing, num_classes):
-        warnings.warn(f"consistency_threshold {threshold} is above {smoothed_top_probability(label_smoothing, num_classes):.4f}, the top probability "
-                      f"that label_smoothing {label_smoothing} over {num_classes} classes trains towards: few unlabelled images will count",
-                      stacklevel=2)  # fmt: skip
+    warn_if_above_smoothed_top("consistency_threshold", threshold, label_smoothing, num_classes, "few unlabelled images will count")
     transform = consistency_view_transforms(image_size, in_channels, spatial_dims, rotate90=rotate90)
     transform.set_random_state(seed=int(seed))
     stream = UnlabelledStream(unlabelled_items(manifest, regime, data_root), transform, max(1, round(ratio * int(batch_size))), seed, num_workers)

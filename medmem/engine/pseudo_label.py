@@ -23,6 +23,7 @@ from medmem.atomic import atomic_path, write_json_atomic
 from medmem.data.datalist import load_datalist
 from medmem.data.manifest import load_manifest, sha256_file
 from medmem.data.pseudo_labels import pseudo_labelled_manifest, unlabelled_indices
+from medmem.engine.consistency import warn_if_above_smoothed_top
 from medmem.engine.dihedral import dihedral_probabilities
 
 
@@ -86,7 +87,7 @@ def write_pseudo_labelled_manifest(
     regime: int | str,
     preprocessing: Callable,
     out: str | os.PathLike,
-    threshold: float = 0.9,
+    threshold: float = 0.85,
     dihedral: bool = True,
     data_root: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
@@ -95,13 +96,16 @@ def write_pseudo_labelled_manifest(
     class_names: list[str] | None = None,
     class_quota: float | None = None,
     scores: str | os.PathLike | None = None,
+    label_smoothing: float = 0.0,
 ) -> dict[str, Any]:
     """Load ``checkpoint`` into ``network``, score the training images of ``manifest`` outside ``regime`` and write
     the self-training manifest to ``out`` (temporary name, then renamed), with a summary beside it
     (``<out stem>.summary.json``: how many joined, per class). ``class_quota``: select per class
     (``medmem.data.pseudo_labels.class_quota_selection``) instead of by ``threshold`` alone. ``scores``: where the
     teacher's scores are kept and, if already there for this teacher, read (default ``<out stem>.scores.npz``).
-    Returns the summary."""
+    ``label_smoothing``: what the teacher trained with; a ``threshold`` above the top probability it trains towards
+    (``1 - e + e / C``) warns. The summary gives the teacher's highest and median top probability, to set the threshold
+    by. Returns the summary."""
     state = torch.load(checkpoint, map_location=device, weights_only=True)
     network.load_state_dict(state["model"] if "model" in state else state)  # a training checkpoint or model_full.pt
     network.to(device)
@@ -113,6 +117,7 @@ def write_pseudo_labelled_manifest(
                            batch_size=batch_size, num_workers=num_workers, device=device)  # fmt: skip
     derived = pseudo_labelled_manifest(source, regime, indices, probs, threshold, class_quota)
     names = class_names or source["classes"]
+    warn_if_above_smoothed_top("pseudo_threshold", threshold, label_smoothing, len(names), "few unlabelled images will join")
     joined = Counter(e["label"] for e in derived["training"] if e["pseudo_label"])
     summary = {
         "teacher": str(checkpoint),
@@ -126,6 +131,7 @@ def write_pseudo_labelled_manifest(
         "unlabelled": len(indices),
         "pseudo_labelled": sum(joined.values()),
         "pseudo_labelled_per_class": {names[c]: joined.get(c, 0) for c in range(len(names))},
+        "teacher_top_probability": {"max": float(probs.max(1).max()), "median": float(np.median(probs.max(1)))} if len(indices) else None,
     }
     write_json_atomic(derived, out)
     write_json_atomic(summary, Path(out).with_suffix(".summary.json"))
