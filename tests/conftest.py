@@ -1,10 +1,13 @@
-"""Shared fixtures: the data root and real DICOM / NIfTI files that ship in PyPI packages."""
+"""Shared fixtures: the data root, real DICOM / NIfTI files that ship in PyPI packages, and the study's scripts."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -40,3 +43,13 @@ def nifti_file(name: str) -> str:
     from nibabel.testing import data_path
 
     return os.path.join(data_path, name)
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/regimes/<name>.py`` imported as a module (its folder on the path, for the scripts it imports)."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "regimes"
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,22 +1,16 @@
 """The study's merge step: lane rows reach the committed results files by seed, and a committed cell is never rewritten."""
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "regimes" / "merge_rows.py"
+from tests.conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def merge_rows():
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("merge_rows", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("merge_rows")
 
 
 def row(model: str, seed: int, acc: float) -> dict:

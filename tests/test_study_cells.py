@@ -1,23 +1,17 @@
 """The study driver's test of a finished cell: a self-training student's epochs count its larger training set, so the
 analysis scripts (memory_off.py, other_space.py, readout_use.py) see a finished student as finished."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "regimes" / "run_regimes.py"
+from tests.conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def run_regimes():
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("run_regimes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("run_regimes")
 
 
 def checkpoint(runs: Path, network: str, epoch: int) -> None:
@@ -44,4 +38,6 @@ def test_student_finishes_at_its_own_epochs(run_regimes, tmp_path):
     checkpoint(tmp_path, student, 4)
     assert run_regimes.cell_finished("pbc_blood_cells_96", student, 3, 0, tmp_path, manifest)
     # the regime's own 362 images would ask a student for 84 epochs, and call its finished run unfinished
-    assert not run_regimes.finished(tmp_path / "pbc_blood_cells_96" / f"{student}_r3_s0", run_regimes.planned_epochs(manifest, student, 3))
+    assert not run_regimes.finished(
+        tmp_path / "pbc_blood_cells_96" / f"{student}_r3_s0", run_regimes.planned_epochs(manifest, student, 3)
+    )
