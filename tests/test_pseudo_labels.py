@@ -137,6 +137,7 @@ def test_the_summary_gives_the_teachers_top_probabilities_and_a_threshold_above_
 
     import torch
 
+    from medmem.data.manifest import sha256_file
     from medmem.engine.pseudo_label import write_pseudo_labelled_manifest
 
     m = _manifest()
@@ -147,8 +148,7 @@ def test_the_summary_gives_the_teachers_top_probabilities_and_a_threshold_above_
     idx = unlabelled_indices(m, 50)  # 3..7
     probs = np.array([[0.95, 0.03, 0.02], [0.1, 0.88, 0.02], [0.3, 0.3, 0.4], [0.05, 0.05, 0.9], [0.7, 0.2, 0.1]])
     images = hashlib.sha256("\n".join(m["training"][i]["sha256"] for i in idx).encode()).hexdigest()
-    teacher = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    np.savez(tmp_path / "scores.npz", probabilities=probs, teacher_sha256=teacher, dihedral=True, indices=np.asarray(idx), images_sha256=images)
+    np.savez(tmp_path / "scores.npz", probabilities=probs, teacher_sha256=sha256_file(checkpoint), dihedral=True, indices=np.asarray(idx), images_sha256=images)
 
     def run(threshold):
         with warnings.catch_warnings(record=True) as caught:

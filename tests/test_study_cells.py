@@ -26,6 +26,8 @@ def test_student_finishes_at_its_own_epochs(run_regimes, tmp_path):
     # 500 steps over ceil(362 / 64) = 6 batches: 84 epochs; the student's 8,256 images make 129 batches: 4 epochs
     assert run_regimes.planned_epochs(manifest, plain, 3) == 84
     pseudo = run_regimes.pseudo_manifest_path("pbc_blood_cells_96", student, 3, 0, tmp_path)
+    # no manifest yet: unfinished, and the check does not go and make one (which would score the teacher)
+    assert not run_regimes.cell_finished("pbc_blood_cells_96", student, 3, 0, tmp_path, manifest)
     pseudo.parent.mkdir(parents=True)
     pseudo.write_text(json.dumps({"classes": ["a", "b"], "training": [{}] * 8256}))
 

@@ -357,7 +357,10 @@ def finished(run_dir: Path, epochs: int) -> bool:
 
 def cell_finished(dataset: str, network: str, regime: int, seed: int, runs: Path, manifest: dict) -> bool:
     """Whether study run ``<network>_r<regime>_s<seed>`` trained all its planned epochs (a student's count its larger
-    training set: ``trained_images``)."""
+    training set: ``trained_images``). A student whose self-training manifest is missing has not trained; the check
+    does not make the manifest (that scores the teacher)."""
+    if "teacher" in NETWORKS[network] and not pseudo_manifest_path(dataset, network, regime, seed, runs).exists():
+        return False
     images = trained_images(dataset, network, regime, seed, runs, manifest)
     return finished(runs / dataset / f"{network}_r{regime}_s{seed}", planned_epochs(manifest, network, regime, images))
 

@@ -110,9 +110,12 @@ def smoothed_top_probability(label_smoothing: float, num_classes: int) -> float:
 def warn_if_above_smoothed_top(setting: str, threshold: float, label_smoothing: float, num_classes: int | None, consequence: str) -> bool:
     """Warn (and return True) when confidence threshold ``setting`` = ``threshold`` is above ``smoothed_top_probability``:
     a network trained with that smoothing seldom reaches it, so few images pass (``consequence`` says what that costs)."""
-    if not num_classes or label_smoothing <= 0 or float(threshold) <= smoothed_top_probability(label_smoothing, num_classes):
+    if not num_classes or label_smoothing <= 0:
         return False
-    warnings.warn(f"{setting} {threshold} is above {smoothed_top_probability(label_smoothing, num_classes):.4f}, the top probability that "
+    bound = smoothed_top_probability(label_smoothing, num_classes)
+    if float(threshold) <= bound:
+        return False
+    warnings.warn(f"{setting} {threshold} is above {bound:.4f}, the top probability that "
                   f"label_smoothing {label_smoothing} over {num_classes} classes trains towards: {consequence}", stacklevel=3)  # fmt: skip
     return True
 

@@ -119,6 +119,7 @@ def write_pseudo_labelled_manifest(
     names = class_names or source["classes"]
     warn_if_above_smoothed_top("pseudo_threshold", threshold, label_smoothing, len(names), "few unlabelled images will join")
     joined = Counter(e["label"] for e in derived["training"] if e["pseudo_label"])
+    top = probs.max(1)
     summary = {
         "teacher": str(checkpoint),
         "source_manifest": str(manifest),
@@ -131,7 +132,7 @@ def write_pseudo_labelled_manifest(
         "unlabelled": len(indices),
         "pseudo_labelled": sum(joined.values()),
         "pseudo_labelled_per_class": {names[c]: joined.get(c, 0) for c in range(len(names))},
-        "teacher_top_probability": {"max": float(probs.max(1).max()), "median": float(np.median(probs.max(1)))} if len(indices) else None,
+        "teacher_top_probability": {"max": float(top.max()), "median": float(np.median(top))} if len(top) else None,
     }
     write_json_atomic(derived, out)
     write_json_atomic(summary, Path(out).with_suffix(".summary.json"))
