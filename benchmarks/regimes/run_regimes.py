@@ -265,6 +265,14 @@ NETWORKS = {
     # ... the read only weighs the neighbours' labels (combiner vote) and that vote is trained by its own loss, the head by
     # its own (as movit_cs_px_vs): the attention learns how to rank the trunk's neighbours
     "movit_cs_ssl_t01_tr_vs": {**TRUNK_READ, "trunk_lr_scale": 0.1, "combiner": "vote", "memory_vote_training": "separate"},
+    # session 34: session 24's decomposition, from scratch, in the cells where the memory ViT leads on every seed
+    # (PneumoniaMNIST 1%, brain MRI 1%, geometry-only): the read alone (no label vote), the read of entries unrelated to
+    # the image (memory_retrieval "random"), and the plain ViT with more of its own regulariser (dropout 0.2). Is the
+    # lead a read of similar training cases, or any mixing of other images into the class token? (movit_cs_vote, the
+    # vote alone, is above.)
+    "movit_cs_nv": {**MOVIT, "stem": "conv", "memory_vote": 0.0},
+    "movit_cs_nv_rand": {**MOVIT, "stem": "conv", "memory_vote": 0.0, "memory_retrieval": "random"},
+    "vit_cs_d2": {"memory_mode": "off", "stem": "conv", "dropout_rate": 0.2},
 }
 
 
