@@ -19,7 +19,8 @@ How much the read moves the class token, on the first 256 test images (means): `
 class-token features with the read and with ``memory off``; ``read / residual``, the norm of the change the read makes
 to the memorising layer's class-token attention output, over the norm of the residual stream entering that block;
 ``attn / residual``, the same for the whole attention output with the memory off; ``gate``, the learned sigmoid gate
-on the read (mean over heads; it starts at 0.5). Writes ``benchmarks/results/memory_off.md``.
+on the read (mean over heads; it starts at 0.5). Writes ``benchmarks/results/memory_off.md``. ``--split validation``
+scores the validation split instead: where a user would choose between deploying the memory and switching it off.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--runs", default=str(REPO / "runs" / "regimes"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory_off.md"))
+    # validation: the split a user can choose the deployment mode on (full, or the memory switched off) without the test
+    p.add_argument("--split", default="test", choices=("test", "validation"))
     args = p.parse_args()
     require_data_root()
     from medmem.atomic import write_text_atomic
@@ -107,14 +110,14 @@ def main() -> None:
         cells.append(([dataset, network, regime], dataset, {"network": network, "regime": int(regime)}))
     runs = Path(args.runs)
     rows, summary = tabulate(cells, args.seeds, lambda d, seed, m, x, y, network, regime: measure(d, network, regime, seed, runs, m, x, y),
-                             VARIANTS, READ, ("memory off", "plain"))  # fmt: skip
+                             VARIANTS, READ, ("memory off", "plain"), args.split)  # fmt: skip
     # a file other than the default names itself, so that the command rewrites it and not memory_off.md
     out, default = Path(args.out).resolve(), (REPO / "benchmarks" / "results" / "memory_off.md").resolve()
     shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
-    to = "" if out == default else f" --out {shown}"
+    to = ("" if out == default else f" --out {shown}") + ("" if args.split == "test" else f" --split {args.split}")
     made_by = [
         f"Made by `python benchmarks/regimes/memory_off.py --cells {' '.join(args.cells)} --seeds {' '.join(map(str, args.seeds))}{to}`",
-        f"(machine: {platform.machine()}, 2 CPU cores, torch {torch.__version__}) on the study's trained runs; test split.",
+        f"(machine: {platform.machine()}, 2 CPU cores, torch {torch.__version__}) on the study's trained runs; {args.split} split.",
         "`plain`: the plain ViT of the same stem, recipe, regime and seed; `full`: the memory ViT as trained; `no vote`: its vote",
         "weight set to 0 (memory read kept); `memory off`: the memorising layer run as a plain self-attention block.",
     ]

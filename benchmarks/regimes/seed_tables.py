@@ -18,17 +18,18 @@ def pair(acc: float, auc: float) -> str:
     return "-" if acc != acc else f"{acc:.3f} / {auc:.3f}"
 
 
-def tabulate(cells: list[tuple[list[str], str, dict]], seeds: list[int], measure: Callable, variants: tuple, read: tuple, delta: tuple[str, str]) -> tuple[list[str], list[str]]:
+def tabulate(cells: list[tuple[list[str], str, dict]], seeds: list[int], measure: Callable, variants: tuple, read: tuple, delta: tuple[str, str],
+             split: str = "test") -> tuple[list[str], list[str]]:
     """Per-seed rows (leading columns, seed, each variant's ACC / AUC, each ``read`` statistic) and per-cell rows of
-    means (leading columns, seeds, variants, ``delta[0]`` minus ``delta[1]`` in ACC points). Seeds ``measure``
-    skips (None) are left out."""
+    means (leading columns, seeds, variants, ``delta[0]`` minus ``delta[1]`` in ACC points), scored on ``split`` of each
+    dataset's manifest. Seeds ``measure`` skips (None) are left out."""
     import medmem
 
     rows, summary = [], []
     for lead, dataset, cell in cells:
         cfg = DATASETS[dataset]
         manifest = medmem.data.load_manifest(medmem.engine.resolve_manifest(dataset))
-        x, y = load_arrays(dataset, "test", None, cfg["image_size"], cfg["in_channels"])
+        x, y = load_arrays(dataset, split, None, cfg["image_size"], cfg["in_channels"])
         per_seed = {}
         for seed in seeds:
             results = measure(dataset, seed, manifest, x, y, **cell)
