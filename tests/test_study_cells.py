@@ -1,5 +1,6 @@
 """The study driver's test of a finished cell: a self-training student's epochs count its larger training set, so the
-analysis scripts (memory_off.py, other_space.py, readout_use.py) see a finished student as finished."""
+analysis scripts (memory_off.py, other_space.py, readout_use.py) see a finished student as finished; and the split
+those scripts score."""
 
 import json
 from pathlib import Path
@@ -43,3 +44,25 @@ def test_student_finishes_at_its_own_epochs(run_regimes, tmp_path):
     assert not run_regimes.finished(
         tmp_path / "pbc_blood_cells_96" / f"{student}_r3_s0", run_regimes.planned_epochs(manifest, student, 3)
     )
+
+
+@pytest.mark.parametrize("split", [None, "validation"])
+def test_tabulate_scores_the_split_asked(split, monkeypatch):
+    seed_tables = benchmark_script("seed_tables")
+    loaded = []
+
+    def fake_arrays(dataset, which, regime, size, channels):
+        loaded.append(which)
+        return "x", "y"
+
+    monkeypatch.setattr(seed_tables, "load_arrays", fake_arrays)
+    scores = {"off": {"acc": 0.75, "auc": 0.9}, "plain": {"acc": 0.5, "auc": 0.8}, "read": {"gate": 0.5}}
+    seen = []
+    measure = lambda dataset, seed, manifest, x, y: seen.append((x, y)) or scores  # noqa: E731
+    cells = [(["pneumoniamnist"], "pneumoniamnist", {})]
+    args = (cells, [0, 1], measure, ("off", "plain"), ("gate",), ("off", "plain"))
+    rows, summary = seed_tables.tabulate(*args) if split is None else seed_tables.tabulate(*args, split)
+    assert loaded == [split or "test"]  # one load per dataset, of the split asked (the test split by default)
+    assert seen == [("x", "y")] * 2
+    assert summary == ["| pneumoniamnist | 2 | 0.750 / 0.900 | 0.500 / 0.800 | +25.0 |"]
+    assert len(rows) == 2

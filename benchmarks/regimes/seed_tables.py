@@ -1,8 +1,8 @@
-"""Per-seed and mean Markdown rows for the diagnosis scripts that score trained study runs on a test split.
+"""Per-seed and mean Markdown rows for the diagnosis scripts that score trained study runs on a split (test by default).
 
 A script names its cells (leading table columns, the dataset, and what its ``measure`` needs) and a
 ``measure(dataset, seed, manifest, x, y, **cell) -> dict | None`` returning ``{variant: {"acc", "auc"}, "read": {...}}``;
-``tabulate`` loads each dataset's test split once, runs every seed, and formats both tables.
+``tabulate`` loads each dataset's split once, runs every seed, and formats both tables.
 """
 
 from __future__ import annotations
