@@ -15,7 +15,7 @@ network of the same stem, recipe, regime and seed (``movit*`` -> ``vit*``), test
 Where ``memory off`` keeps the memory ViT's lead over ``plain``, the memory helped by regularising training, and a
 plain checkpoint would do at deployment; where it collapses, the weights rely on reading the memory.
 
-How much the read moves the class token, on the first 256 test images (means): ``feature cos``, cosine between the
+How much the read moves the class token, on the first 256 images of the split scored (means): ``feature cos``, cosine between the
 class-token features with the read and with ``memory off``; ``read / residual``, the norm of the change the read makes
 to the memorising layer's class-token attention output, over the norm of the residual stream entering that block;
 ``attn / residual``, the same for the whole attention output with the memory off; ``gate``, the learned sigmoid gate
