@@ -55,9 +55,19 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: str | os
 
 
 def stack_pred_label(output: list[dict]) -> tuple:
-    """Ignite ``output_transform`` for decollated engine output: (pred (N, C), label (N,))."""
+    """Ignite ``output_transform`` for decollated engine output: (pred (N, C), label (N,)), both on the predictions'
+    device (decollation turns each image's label into a Python number, on the CPU, while a GPU run's predictions stay on
+    the GPU)."""
     import torch
 
     preds = torch.stack([torch.as_tensor(o["pred"]) for o in output])
-    labels = torch.stack([torch.as_tensor(o["label"]).reshape(()) for o in output]).long()
+    labels = torch.stack([torch.as_tensor(o["label"]).reshape(()) for o in output]).long().to(preds.device)
     return preds, labels
+
+
+def stack_pred_onehot(output: list[dict], num_classes: int) -> tuple:
+    """As :func:`stack_pred_label`, the labels one-hot: (pred (N, C), label (N, C)), for MONAI's ``ROCAUC``."""
+    import torch
+
+    preds, labels = stack_pred_label(output)
+    return preds, torch.nn.functional.one_hot(labels, num_classes)
