@@ -4,7 +4,7 @@
     python benchmarks/regimes/paired_deltas.py vit_cs movit_cs   # what the memory adds on the conv stem
 
 Reads the study's results files (``run_regimes.RESULT_FILES``) and any others named with ``--csv`` (e.g.
-``benchmarks/results/case_vote.csv benchmarks/results/more_seeds.csv``); prints one line per cell both models ran
+``benchmarks/results/case_vote.csv benchmarks/results/more_seeds.csv``; with ``--only``, those files alone); prints one line per cell both models ran
 (ACC and AUC of each, B - A in points), then per (dataset, regime) both models' means over those seeds, the mean
 difference, how many seeds B leads and the paired t statistic (mean over its standard error; compare with Student's t at
 n - 1 degrees of freedom: p = 0.05 two-sided is 4.30 at 2, 2.78 at 4, 2.57 at 5).
@@ -27,8 +27,10 @@ def main() -> None:
     p.add_argument("a", help="driver model A (e.g. vit)")
     p.add_argument("b", help="driver model B (e.g. vit_cs)")
     p.add_argument("--csv", nargs="*", default=[], help="more results files to read besides the committed study files")
+    # rows of another machine (e.g. gpu_replication.csv) share their cells' keys with the CPU study's: pair them alone
+    p.add_argument("--only", action="store_true", help="read only the --csv files, not the committed study files")
     args = p.parse_args()
-    rows = read_all_results() + [r for path in args.csv for r in read_rows(Path(path))]
+    rows = ([] if args.only else read_all_results()) + [r for path in args.csv for r in read_rows(Path(path))]
     metric = {(r["dataset"], r["model"], int(r["regime"]), int(r["seed"])): (float(r["acc"]), float(r["auc"])) for r in rows}
     # (dataset, regime) -> per seed ((ACC, AUC) of A, (ACC, AUC) of B)
     pairs: dict[tuple, list[tuple[tuple[float, float], tuple[float, float]]]] = defaultdict(list)
