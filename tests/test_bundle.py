@@ -131,6 +131,9 @@ def test_evaluate_summarize_export_infer(trained, tmp_path):
     assert int(deploy["blocks.1.attn.memory.num_rows"]) == 0  # the full memory is not shipped
     card = json.loads((out / "models" / "model.json").read_text())
     assert card["augmentation"] == {"rotate90": True, "intensity": False}  # the bundle's recipe, for fine-tuning elsewhere
+    # validation per memory mode, the weights with the memory off among them, and the best of them
+    assert card["validation"]["off"] == summary["validation_memory_off"] and card["validation"]["best"] == summary["best_on_validation"]
+    assert card["validation"]["prototypes"] == summary["validation_prototypes"]
 
     cases = json.loads((out / "models" / "memory_cases.json").read_text())["cases"]
     assert len(cases) == int(deploy_rows := torch.load(out / "models" / "model_full.pt", weights_only=True)["blocks.1.attn.memory.num_rows"])
@@ -142,6 +145,7 @@ def test_evaluate_summarize_export_infer(trained, tmp_path):
     assert int(grown) == len(manifest["regimes"]["3"]) and int(grown) > int(deploy_rows)
     audit = [json.loads(line) for line in (out / "models" / "memory_audit.jsonl").read_text().splitlines()]
     assert audit[-1]["action"] == "add" and audit[-1]["user"] == "ci" and audit[-1]["cases"] == int(grown) - int(deploy_rows)
+    assert json.loads((out / "models" / "model.json").read_text())["validation"] is None  # scored before the edit
     deploy = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
 
     bundle("run", ["train.json", "evaluate.json"], {**overrides, "eval_memory_mode": "prototypes"})

@@ -73,18 +73,24 @@ def summarize_checkpoint(
     drop_full_memory(network)
     probs, labels, proto_seconds = predict_probs(network, val_batches, device)
     proto = classification_metrics(probs, labels, network.config["num_classes"])
+    off = memory_off_metrics(network, val_batches, device)
     full, kmeans, distilled = chosen["full"], chosen["kmeans"], chosen["distilled"]
+    by_mode = {mode: {k: m[k] for k in ("acc", "auc", "f1")} for mode, m in (("full", full), ("prototypes", proto), ("off", off))}
+    best = best_deployment_mode(by_mode)
     training_cases = case_table(network, training_datalist or [], class_names or [])
     write_json_atomic({"cases": memory_case_table(memory_ids, training_datalist or [], class_names or [])}, Path(output_path).parent / "memory_cases.json")
     torch_save_atomic(network.state_dict(), output_path)
     threshold = familiarity_threshold(network, val_batches, device)
-    write_model_card(network, str(output_path).rsplit(".", 1)[0] + ".json", class_names or [], training_cases, threshold, augmentation)
+    validation = {**by_mode, "best": best}
+    write_model_card(network, str(output_path).rsplit(".", 1)[0] + ".json", class_names or [], training_cases, threshold, augmentation, validation)
     report = {
         "checkpoint": str(checkpoint),
         "deployable": str(output_path),
         "summary": dataclasses.asdict(chosen["summary"]),
-        "validation_full_memory": {k: full[k] for k in ("acc", "auc", "f1")},
-        "validation_prototypes": {k: proto[k] for k in ("acc", "auc", "f1")},
+        "validation_full_memory": by_mode["full"],
+        "validation_prototypes": by_mode["prototypes"],
+        "validation_memory_off": by_mode["off"],
+        "best_on_validation": best,
         "validation_kmeans_prototypes": {k: kmeans[k] for k in ("acc", "auc", "f1")},
         "validation_distilled_prototypes": {k: distilled[k] for k in ("acc", "auc", "f1")},
         "prototypes_kept": chosen["kept"],
@@ -93,9 +99,37 @@ def summarize_checkpoint(
         "network_seconds_prototypes": proto_seconds,
     }
     write_json_atomic(report, report_path)
-    logger.info("prototypes: val ACC %.4f (full memory %.4f); network time %.2fs vs %.2fs", proto["acc"], full["acc"], proto_seconds, chosen["full_seconds"])
-    print({k: report[k] for k in ("validation_full_memory", "validation_prototypes", "delta_acc", "prototypes_kept")})
+    logger.info("prototypes: val ACC %.4f (full memory %.4f, memory off %.4f); network time %.2fs vs %.2fs", proto["acc"], full["acc"], off["acc"], proto_seconds, chosen["full_seconds"])
+    if best != "prototypes":
+        logger.warning("on validation the network scores best with memory mode %r (%s); model.pt ships the prototypes: deploy with "
+                       "--inference_memory_mode %s (on model_full.pt) to follow validation", best, by_mode[best], best)  # fmt: skip
+    print({k: report[k] for k in ("validation_full_memory", "validation_prototypes", "validation_memory_off", "best_on_validation", "delta_acc", "prototypes_kept")})
     return report
+
+
+# validation ties keep the checkpoint the bundle ships (model.pt: prototypes), then the full memory
+DEPLOYMENT_PREFERENCE = ("prototypes", "full", "off")
+
+
+def best_deployment_mode(by_mode: dict[str, dict]) -> str:
+    """The memory mode with the highest validation ACC, then AUC; ties go by ``DEPLOYMENT_PREFERENCE``.
+
+    Sessions 23-34 found the memory ViT's gain in its trained weights, not its read: the same weights with the memory
+    off (a plain ViT's forward) often score as well on validation, and then a user can deploy them without a memory.
+    """
+    return max(DEPLOYMENT_PREFERENCE, key=lambda m: (by_mode[m]["acc"], by_mode[m]["auc"], -DEPLOYMENT_PREFERENCE.index(m)))
+
+
+def memory_off_metrics(network: torch.nn.Module, val_batches: Iterable[dict], device: torch.device | str = "cpu") -> dict:
+    """Validation metrics of ``network``'s weights with every memorising layer run as plain self-attention (memory mode
+    ``off``); the network is left in the mode it was in."""
+    mode = network.config["memory_mode"]
+    network.set_memory_mode("off")
+    try:
+        probs, labels, _ = predict_probs(network, val_batches, device)
+    finally:
+        network.set_memory_mode(mode)
+    return classification_metrics(probs, labels, network.config["num_classes"])
 
 
 def choose_prototypes(
@@ -189,14 +223,22 @@ def familiarity_threshold(network: torch.nn.Module, batches: Iterable[dict], dev
 
 
 def write_model_card(
-    network: torch.nn.Module, path: str, class_names: list[str], training_cases: dict, ood_threshold: float | None = None, augmentation: dict | None = None
+    network: torch.nn.Module,
+    path: str,
+    class_names: list[str],
+    training_cases: dict,
+    ood_threshold: float | None = None,
+    augmentation: dict | None = None,
+    validation: dict | None = None,
 ) -> None:
     """JSON beside a deployable checkpoint: how to build the network, its input, its classes, the
     out-of-distribution threshold, the training cases (relative path, class; no patient data)
-    behind its prototypes, and the training augmentation (keyword arguments of
-    :func:`medmem.data.train_transforms`, e.g. ``{"rotate90": false, "intensity": true}``; ``None`` when unknown)."""
+    behind its prototypes, the training augmentation (keyword arguments of
+    :func:`medmem.data.train_transforms`, e.g. ``{"rotate90": false, "intensity": true}``; ``None`` when unknown), and
+    ``validation``: ACC / AUC / F1 per memory mode (``full``, ``prototypes``, ``off``) and the ``best`` of them
+    (``None`` after a memory edit, which those scores no longer describe)."""
     card = {
         "network": dict(network.config), "class_names": list(class_names), "ood_threshold": ood_threshold,
-        "training_cases": training_cases, "augmentation": augmentation,
+        "training_cases": training_cases, "augmentation": augmentation, "validation": validation,
     }  # fmt: skip
     write_json_atomic(card, path)

@@ -267,6 +267,7 @@ class ModelDirectory:
         members = {int(i) for layer in self.network.memory_layers() for i in layer.proto_members.flatten().tolist() if i >= 0}
         training_cases = {str(s): [self.cases[str(s)]["case_id"], self.cases[str(s)]["label"], bool(self.cases[str(s)].get("pseudo_label", False))]
                           for s in sorted(members) if str(s) in self.cases}  # fmt: skip
+        # the card's validation scores (per memory mode) described the memory before this edit: not carried over
         write_model_card(deployable, str(self.card_path), self.class_names, training_cases, self.card.get("ood_threshold"), self.card.get("augmentation"))
 
     def _audit(self, action: str, case_ids: list[str], checksum_before: str, extra: dict | None = None) -> None:
