@@ -2,7 +2,7 @@
 (dataset, regime, seed), ``--workers`` at a time, rows merged into one results file as each process ends.
 
     python benchmarks/regimes/run_many.py --datasets pneumoniamnist brain_tumor_mri_training --models vit_cs movit_cs \
-        vit_cs_knn --regimes 1 3 10 --seeds 0 1 2 3 4 5 6 7 8 9 --workers 14 --out benchmarks/results/seeds10_gpu.csv
+        vit_cs_knn --regimes 1 3 10 --seeds 0 1 2 3 4 5 6 7 8 9 --workers 14 --out benchmarks/results/gpu_replication.csv
 
 Processes start seed by seed (all cells of seed 0 first), so a run cut short still holds whole seeds where it can.
 ``--stop_after_s`` stops starting processes after that many seconds and ``--kill_after_s`` ends the ones still running
