@@ -73,7 +73,9 @@ HEADINGS = {
                   "regulariser do what the read does?). Session 26: `vit_cs_ssl_all5_mx` / `vit_cs_ssl10_mx` the plain ViT trained with mixup "
                   "(bundle `mixup_alpha` 0.2); `ssl_cs_pool10_s1_knn` the k-NN on the `cs_pool10` trunk pre-trained again with seed 1, "
                   "`vit_cs_ssl10_trunkvotep_cs_pool10_s1` the plain ViT (fine-tuned from the seed-0 trunk) fused with the case vote in it, "
-                  "`vit_cs_ssl10s1` the plain ViT fine-tuned from the seed-1 trunk and `vit_cs_ssl10s1_trunkvotep` it fused with the vote in that trunk."),
+                  "`vit_cs_ssl10s1` the plain ViT fine-tuned from the seed-1 trunk and `vit_cs_ssl10s1_trunkvotep` it fused with the vote in that trunk. "
+                  "Session 35: `movit_cs_k8` / `movit_cs_k128`, the memory ViT whose class token reads its 8 or 128 nearest entries instead of 32 "
+                  "(`memory_k`; 128 covers the whole memory at brain MRI 3%)."),
     "second_trunk": ("PBC 3% from a second `cs_all5` trunk",
                      "Session 27: the runs folder of earlier sessions was gone, so PBC's `cs_all5` trunk was pre-trained again "
                      "by the same recipe and seed (`run_regimes.py`, the bundle's pretrain.json; 2 threads; pre-training is repeatable at "
