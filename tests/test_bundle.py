@@ -346,6 +346,21 @@ def test_pixel_retrieval_trains_with_the_regime_in_its_index_and_evaluates_from_
     torch.testing.assert_close(torch.tensor([float(v) for v in row[2:]]), expected, atol=1e-4, rtol=0)
 
 
+def test_checkpoint_interval_follows_validation_and_keeps_the_final_epoch(tmp_path, data_root):
+    """The last checkpoint is written with each validation (default checkpoint_interval = val_interval) and at the end."""
+    out = tmp_path / "run"
+    result = bundle("run", ["train.json"], {**TINY, "output_dir": str(out), "epochs": 3, "val_interval": 2})
+    log = result.stdout + result.stderr
+    assert "Saved checkpoint at epoch: 2" in log and "Saved checkpoint at epoch: 3" in log and "Saved checkpoint at epoch: 1" not in log
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=3.pt", "model_full.pt"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps([str(CONFIGS / "train.json")]), "--bundle_root", str(BUNDLE)]
+        + [arg for k, v in {**TINY, "output_dir": str(tmp_path / "refused"), "epochs": 3, "val_interval": 2, "checkpoint_interval": 3}.items() for arg in (f"--{k}", str(v))],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "checkpoint_interval 3 must be a positive divisor of val_interval 2" in refused.stderr
+
+
 def test_verify_net_in_out(data_root):
     bundle("verify_net_in_out", ["train.json"], {"meta_file": CONFIGS / "metadata.json"})
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from medmem.engine import CheckpointSaver, objects_in_checkpoint
+from medmem.engine import CheckpointSaver, checkpoint_interval, find_last_checkpoint, objects_in_checkpoint
 
 
 def validator(scores: list[float], model: torch.nn.Linear) -> Engine:
@@ -86,3 +86,34 @@ def test_objects_in_checkpoint_drops_what_an_older_checkpoint_lacks(tmp_path):
     with pytest.warns(UserWarning, match="holds no best_model_saver"):
         assert list(objects_in_checkpoint(str(path), objects)) == ["model"]
     assert objects_in_checkpoint(None, objects) is objects  # not resuming: nothing is read
+
+
+def last_checkpoint_saver(folder, model, interval: int) -> CheckpointSaver:
+    """As train.json's last_checkpoint_saver: several objects, so the files are named checkpoint_epoch=N.pt."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return CheckpointSaver(str(folder), {"model": model, "optimizer": optimizer}, save_interval=interval, n_saved=1, epoch_level=True)
+
+
+@pytest.mark.parametrize("epochs, saved", [(7, [3, 6, 7]), (6, [3, 6]), (2, [2])])
+def test_an_interval_saver_also_saves_the_final_epoch_once(tmp_path, monkeypatch, epochs, saved):
+    model = torch.nn.Linear(2, 1)
+    engine = Engine(lambda e, batch: None)
+    last_checkpoint_saver(tmp_path, model, interval=3).attach(engine)
+    written = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (written.append(engine.state.epoch), real_save(obj, f, *a, **k)))
+    engine.run([0], max_epochs=epochs)
+    assert written == saved
+    assert find_last_checkpoint(tmp_path) == str(tmp_path / f"checkpoint_epoch={epochs}.pt")  # a resume starts at the end
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+
+@pytest.mark.parametrize("interval, val_interval", [(1, 1), (1, 8), (4, 8), (8, 8)])
+def test_checkpoint_interval_accepts_divisors_of_the_validation_interval(interval, val_interval):
+    assert checkpoint_interval(interval, val_interval) == interval
+
+
+@pytest.mark.parametrize("interval, val_interval", [(2, 1), (3, 8), (16, 8), (0, 8)])
+def test_checkpoint_interval_refuses_a_validation_between_checkpoints(interval, val_interval):
+    with pytest.raises(ValueError, match=f"checkpoint_interval {interval} must be a positive divisor of val_interval {val_interval}"):
+        checkpoint_interval(interval, val_interval)

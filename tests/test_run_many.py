@@ -15,9 +15,16 @@ def run_many():
 
 
 def test_units_start_seed_by_seed(run_many):
-    units = run_many.units(["pneumoniamnist", "brain_tumor_mri_training"], [1, 3], [0, 1])
-    assert units[:4] == [("pneumoniamnist", 1, 0), ("brain_tumor_mri_training", 1, 0), ("pneumoniamnist", 3, 0), ("brain_tumor_mri_training", 3, 0)]
-    assert [s for _, _, s in units] == [0, 0, 0, 0, 1, 1, 1, 1]
+    units = run_many.units(["pneumoniamnist", "brain_tumor_mri_training"], [1, 3], [0, 1], ["vit_cs", "vit_cs_knn"])
+    assert [u[:3] for u in units[:4]] == [("pneumoniamnist", 1, 0), ("brain_tumor_mri_training", 1, 0), ("pneumoniamnist", 3, 0), ("brain_tumor_mri_training", 3, 0)]
+    assert [s for _, _, s, _ in units] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert all(models == ["vit_cs", "vit_cs_knn"] for *_, models in units)  # the k-NN runs after the network it reads
+
+
+def test_per_model_gives_each_model_its_own_process(run_many):
+    units = run_many.units(["pbc_blood_cells_96"], [3], [0, 1], ["vit_cs", "movit_cs"], per_model=True)
+    assert units == [("pbc_blood_cells_96", 3, 0, ["vit_cs"]), ("pbc_blood_cells_96", 3, 0, ["movit_cs"]),
+                     ("pbc_blood_cells_96", 3, 1, ["vit_cs"]), ("pbc_blood_cells_96", 3, 1, ["movit_cs"])]  # fmt: skip
 
 
 # a stand-in for run_regimes.py: PneumoniaMNIST cells write their rows at once, brain MRI cells hang
@@ -43,14 +50,15 @@ FAKE_DRIVER = textwrap.dedent(
 )
 
 
-def test_rows_merge_once_and_the_deadline_ends_hung_cells(tmp_path, monkeypatch, run_many):
+@pytest.mark.parametrize("per_model", [False, True])
+def test_rows_merge_once_and_the_deadline_ends_hung_cells(tmp_path, monkeypatch, run_many, per_model):
     driver = tmp_path / "fake_driver.py"
     driver.write_text(FAKE_DRIVER)
     monkeypatch.setattr(run_many, "DRIVER", driver)
     out = tmp_path / "rows.csv"
     argv = ["run_many.py", "--datasets", "pneumoniamnist", "brain_tumor_mri_training", "--models", "vit_cs", "movit_cs",
             "--regimes", "1", "--seeds", "0", "1", "--workers", "4", "--out", str(out), "--runs", str(tmp_path / "runs"),
-            "--kill_after_s", "8"]  # fmt: skip
+            "--kill_after_s", "8"] + (["--workers", "8", "--per_model"] if per_model else [])  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     run_many.main()
     rows = list(csv.DictReader(open(out)))
@@ -60,4 +68,4 @@ def test_rows_merge_once_and_the_deadline_ends_hung_cells(tmp_path, monkeypatch,
     ]
     # merging the same parts again adds nothing
     parts = sorted((tmp_path / "rows.csv.parts").glob("*.csv"))
-    assert len(parts) == 2 and run_many.merge_parts(out, parts) == 0
+    assert len(parts) == (4 if per_model else 2) and run_many.merge_parts(out, parts) == 0

@@ -29,9 +29,13 @@ from run_regimes import DATASETS, REPO, append_rows, read_rows  # noqa: E402
 DRIVER = Path(__file__).resolve().parent / "run_regimes.py"
 
 
-def units(datasets: list[str], regimes: list[int], seeds: list[int]) -> list[tuple[str, int, int]]:
-    """(dataset, regime, seed) in the order processes start: seed by seed, then regime, then dataset."""
-    return [(d, r, s) for s, r, d in itertools.product(seeds, regimes, datasets)]
+def units(datasets: list[str], regimes: list[int], seeds: list[int], models: list[str], per_model: bool = False) -> list[tuple[str, int, int, list[str]]]:
+    """(dataset, regime, seed, models) in the order processes start: seed by seed, then regime, then dataset (then model).
+
+    One process runs all ``models`` of its cell in order, since a post-hoc model (``vit_cs_knn``, ``*_proto``) reads the
+    network trained before it; ``per_model`` gives each model a process of its own, for trained networks only."""
+    groups = [[m] for m in models] if per_model else [list(models)]
+    return [(d, r, s, g) for s, r, d, g in itertools.product(seeds, regimes, datasets, groups)]
 
 
 def merge_parts(out: Path, parts: list[Path]) -> int:
@@ -50,6 +54,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", required=True, help="run_regimes.py models, run in this order within a process")
     p.add_argument("--regimes", nargs="+", type=int, required=True)
     p.add_argument("--seeds", nargs="+", type=int, required=True)
+    p.add_argument("--per_model", action="store_true", help="one process per model too (trained networks only: no post-hoc models)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     p.add_argument("--out", required=True)
     p.add_argument("--runs", default=str(REPO / "runs" / "regimes"))
@@ -61,20 +66,20 @@ def main() -> None:
     parts_dir = out.with_name(out.name + ".parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    todo, running, parts = units(args.datasets, args.regimes, args.seeds), {}, []
+    todo, running, parts = units(args.datasets, args.regimes, args.seeds, args.models, args.per_model), {}, []
     start = time.time()
     while todo or running:
         elapsed = time.time() - start
         while todo and len(running) < args.workers and elapsed < args.stop_after_s:
-            dataset, regime, seed = todo.pop(0)
-            part = parts_dir / f"{dataset}_r{regime}_s{seed}.csv"
-            cmd = [sys.executable, str(DRIVER), "--dataset", dataset, "--models", *args.models, "--regimes", str(regime),
+            dataset, regime, seed, models = todo.pop(0)
+            part = parts_dir / (f"{dataset}_r{regime}_s{seed}" + (f"_{models[0]}" if args.per_model else "") + ".csv")
+            cmd = [sys.executable, str(DRIVER), "--dataset", dataset, "--models", *models, "--regimes", str(regime),
                    "--seeds", str(seed), "--out", str(part), "--runs", args.runs]  # fmt: skip
             log = open(part.with_suffix(".log"), "a")
             # a session of its own, so that ending it ends the bundle process it started too
             running[subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)] = (part, log)
             parts.append(part)
-            print(f"[{elapsed:6.0f} s] start {dataset} regime {regime}% seed {seed}", flush=True)
+            print(f"[{elapsed:6.0f} s] start {dataset} regime {regime}% seed {seed} {' '.join(models)}", flush=True)
         if elapsed >= args.stop_after_s and todo:
             print(f"[{elapsed:6.0f} s] stop: {len(todo)} processes not started", flush=True)
             todo = []

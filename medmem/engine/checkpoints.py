@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import monai.handlers
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 
 import medmem
@@ -66,6 +66,13 @@ class CheckpointSaver(monai.handlers.CheckpointSaver):
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
         self._engine = engine
+        if self._interval_checkpoint is not None and self.epoch_level and self.save_interval > 1:
+            # resuming and the study's `finished` need the last epoch on disk, which every=N skips unless N divides it
+            engine.add_event_handler(Events.COMPLETED, self._save_last_epoch)
+
+    def _save_last_epoch(self, engine: Engine) -> None:
+        if engine.state.epoch % self.save_interval != 0:
+            self.interval_completed(engine)
 
     def adopt(self, checkpoint: str | os.PathLike | None) -> None:
         """Count an existing ``checkpoint_epoch=N.pt`` (the one a resume starts from) as this saver's latest save.
@@ -96,6 +103,24 @@ class CheckpointSaver(monai.handlers.CheckpointSaver):
         if self._engine is not None and "best_metric" in state_dict:
             self._engine.state.best_metric = state_dict["best_metric"]
             self._engine.state.best_metric_epoch = state_dict["best_metric_epoch"]
+
+
+def checkpoint_interval(interval: int, val_interval: int) -> int:
+    """Epochs between last-epoch checkpoints, checked against ``val_interval``.
+
+    The last checkpoint carries the best-model record (``CheckpointSaver.state_dict``). A validation that falls between
+    two checkpoints can improve the best model without the record knowing; a resume from the earlier checkpoint would then
+    let a worse model replace ``model_full.pt``. So every validation epoch must also be a checkpoint epoch: ``interval``
+    must divide ``val_interval``. The final epoch is always saved (``CheckpointSaver`` with ``save_interval`` > 1).
+    """
+    interval, val_interval = int(interval), int(val_interval)
+    if interval < 1 or val_interval % interval != 0:
+        raise ValueError(
+            f"checkpoint_interval {interval} must be a positive divisor of val_interval {val_interval}: a validation between "
+            "two checkpoints could improve model_full.pt without the checkpoint's best-model record, and a resume would "
+            "then let a worse model replace it"
+        )
+    return interval
 
 
 def objects_in_checkpoint(checkpoint: str | os.PathLike | None, objects: dict[str, Any]) -> dict[str, Any]:
