@@ -66,7 +66,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.inputs, args.model, args.output_dir, card_path=args.card, resume=args.resume,
         slice_policy=args.slice_policy, window=window, batch_size=args.batch_size, top_cases=args.top_cases,
         explain=args.explain, data_root=args.data_root or os.environ.get("MEDMEM_DATA_ROOT"), workers=args.workers,
-        case_vote=args.case_vote, dihedral=args.dihedral,
+        case_vote=args.case_vote, dihedral=args.dihedral, memory_mode=args.memory_mode,
     )  # fmt: skip
     if not result:  # a torchrun rank other than 0: rank 0 reports
         return 0
@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case-vote", help="fuse the pixel-space case vote (models/case_vote.pt from the bundle's case_vote.json, experimental) at its validated weight")
     p.add_argument("--dihedral", action="store_true", help="average the class probabilities over each image's 8 flips and right-angle turns "
                    "(8 forward passes; 2D square models; the evidence stays that of the image itself)")  # fmt: skip
+    p.add_argument("--memory-mode", default="prototypes", choices=["prototypes", "off"],
+                   help="off: predict with every memorising layer as plain self-attention, as the summarise step's "
+                   "validation_memory_off scored it (similar cases still come from the prototypes, as evidence only)")  # fmt: skip
     p.add_argument("--explain", action="store_true", help="write evidence PNGs and index.html")
     p.add_argument("--data-root", help="where the training images are, to show recalled cases (default: $MEDMEM_DATA_ROOT)")
     p.set_defaults(func=_cmd_predict)

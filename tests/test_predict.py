@@ -120,6 +120,37 @@ def test_dihedral_averages_the_probabilities_and_keeps_the_images_own_evidence(d
             assert eight[key][field] == one[key][field], (key, field)
 
 
+def test_memory_off_predicts_from_the_plain_forward_and_keeps_the_prototypes_recall_as_evidence(deployable, mixed_folder, tmp_path):
+    from medmem.engine.batch_predict import Study, StudyLoader, load_deployable
+
+    read, off = tmp_path / "read", tmp_path / "off"
+    run_prediction([str(mixed_folder)], str(deployable), str(read), batch_size=4)
+    result = run_prediction([str(mixed_folder)], str(deployable), str(off), batch_size=4, memory_mode="off")
+    assert result == {"predicted": 6, "errors": 4}
+    with_memory = {json.loads(line)["input"]: json.loads(line) for line in (read / "predictions.jsonl").read_text().splitlines()}
+    without = {json.loads(line)["input"]: json.loads(line) for line in (off / "predictions.jsonl").read_text().splitlines()}
+    assert {r["memory_mode"] for r in with_memory.values()} == {"prototypes"} and {r["memory_mode"] for r in without.values()} == {"off"}
+    table = read_csv(off / "predictions.csv")
+    assert {r["memory_mode"] for r in table} == {"off"} and {r["memory_reliance"] for r in table} == {""}  # no memory read
+    network, card = load_deployable(str(deployable))
+    network.set_memory_mode("off")
+    image = StudyLoader(card["network"]["img_size"], 1, 2).load(Study("cell.jpg", str(mixed_folder / "cell.jpg")))[None]
+    with torch.no_grad():
+        by_hand = network(image).softmax(-1)[0]
+    assert [without["cell.jpg"]["probabilities"][c] for c in "abc"] == pytest.approx(by_hand.tolist(), abs=1e-5)
+    assert any(without[k]["probabilities"] != with_memory[k]["probabilities"] for k in without)  # the read changed something
+    for key in without:  # the evidence is what the prototypes recall for the image, as with the memory read
+        assert without[key]["similar_cases"] == with_memory[key]["similar_cases"] and without[key]["familiarity"] == with_memory[key]["familiarity"]
+    run_prediction([str(mixed_folder)], str(deployable), str(tmp_path / "explained"), memory_mode="off", explain=True)
+    assert (tmp_path / "explained" / "index.html").read_text().count("<td>memory off</td>") == 6
+    with pytest.raises(ValueError, match="off: the predictions there were made with memory mode off; resume them the same way"):
+        run_prediction([str(mixed_folder)], str(deployable), str(off), resume=True)
+    with pytest.raises(ValueError, match="vote.pt: the case vote's weight was chosen on validation against the network reading its memory"):
+        run_prediction([str(mixed_folder)], str(deployable), str(tmp_path / "x"), memory_mode="off", case_vote=str(tmp_path / "vote.pt"))
+    with pytest.raises(ValueError, match=r"memory_mode must be one of \('prototypes', 'off'\)"):
+        run_prediction([str(mixed_folder)], str(deployable), str(tmp_path / "y"), memory_mode="full")
+
+
 def test_dihedral_refuses_a_model_whose_input_a_turn_would_not_fit_and_warns_for_one_trained_without_turns(deployable, mixed_folder, tmp_path, capsys):
     card = json.loads(deployable.with_suffix(".json").read_text())
     (tmp_path / "no_turns.json").write_text(json.dumps({**card, "augmentation": {"rotate90": False, "intensity": False}}))

@@ -42,6 +42,9 @@ from medmem.engine.explain import attention_grid, render_evidence, safe_name, wr
 from medmem.engine.predict import csv_text, describe_failure
 from medmem.memory.case_vote import CaseVote
 
+# what model.pt (the summarise step's deployable checkpoint) can run: its prototypes, or no memory at all
+DEPLOYABLE_MEMORY_MODES = ("prototypes", "off")
+
 
 @dataclass
 class Study:
@@ -284,6 +287,7 @@ def run_prediction(
     workers: int = 0,
     case_vote: str | None = None,
     dihedral: bool = False,
+    memory_mode: str = "prototypes",
 ) -> dict:
     """Predict every study under ``inputs``; see the module docstring for the outputs. With
     ``explain``, also ``explain/<input>.png`` per input and ``index.html``; recalled training cases are
@@ -294,10 +298,21 @@ def run_prediction(
     (memory reliance, familiarity, similar cases, attention) stays that of the image itself, and a case vote compares
     the image itself with its cases, fused at the weight validation chose for the single-view softmax.
 
+    With ``memory_mode`` ``off`` the probabilities come from the same weights with every memorising layer run as plain
+    self-attention (what the summarise step scores as ``validation_memory_off`` and names when it validates best; rows say
+    ``"memory_mode": "off"``). The evidence then comes from a second pass that reads the prototypes: similar cases and
+    familiarity are what the memory recalls for the image, not what the prediction used, and ``memory_reliance`` is
+    empty. A case vote was weighed against the network as it reads its memory, so it is refused with ``off``.
+
     Under ``torchrun`` each process takes every N-th input and appends to its own part files
     (``predictions.part<rank>.jsonl``, ``errors.part<rank>.jsonl``); rank 0 merges them into one set of
     outputs at the end. A run that was killed keeps its part files, and ``resume`` picks them up.
     """
+    if memory_mode not in DEPLOYABLE_MEMORY_MODES:
+        raise ValueError(f"memory_mode must be one of {DEPLOYABLE_MEMORY_MODES} (model.pt holds prototypes, not the full memory), got {memory_mode!r}")
+    if memory_mode == "off" and case_vote:
+        raise ValueError(f"{case_vote}: the case vote's weight was chosen on validation against the network reading its memory; "
+                         "it is not validated for memory mode off (predict without --case-vote, or with the prototypes)")  # fmt: skip
     rank, world = _distributed()
     network, card = load_deployable(model_path, card_path)
     cfg, classes = card["network"], card["class_names"]
@@ -328,6 +343,9 @@ def run_prediction(
     views = 8 if dihedral else 1
     if any(r.get("views", 1) != views for r in done_rows):  # one table, one way of scoring
         raise ValueError(f"{out}: the predictions there were made {'without' if dihedral else 'with'} --dihedral; resume them the same way, or use a new output folder")
+    if any(r.get("memory_mode", "prototypes") != memory_mode for r in done_rows):
+        made = next(r.get("memory_mode", "prototypes") for r in done_rows if r.get("memory_mode", "prototypes") != memory_mode)
+        raise ValueError(f"{out}: the predictions there were made with memory mode {made}; resume them the same way, or use a new output folder")
     studies, discovery_errors = discover_studies(inputs)
     my_part, my_errors = out / f"predictions.part{rank}.jsonl", out / f"errors.part{rank}.jsonl"
     if rank == 0:
@@ -342,8 +360,18 @@ def run_prediction(
             return
         images = torch.stack([t for _, t in batch])
         with torch.no_grad():  # the evidence is read from the last forward pass: the image itself in either case
-            probs = dihedral_probabilities(network, images) if dihedral else network(images).softmax(-1)
-        reliance, similar, familiarity = _evidence_rows(network, card, top_cases)
+            if memory_mode == "off":
+                network(images)  # the prototypes' recall of the image itself, kept as evidence; its output is not used
+                reliance, similar, familiarity = _evidence_rows(network, card, top_cases)
+                reliance = []  # the prediction below reads no memory
+                network.set_memory_mode("off")  # a plain layer keeps the evidence the pass above recorded
+                try:
+                    probs = dihedral_probabilities(network, images) if dihedral else network(images).softmax(-1)
+                finally:
+                    network.set_memory_mode("prototypes")
+            else:
+                probs = dihedral_probabilities(network, images) if dihedral else network(images).softmax(-1)
+                reliance, similar, familiarity = _evidence_rows(network, card, top_cases)
         voted_cases: list[list[dict]] = []
         if vote is not None:
             found = vote.nearest(images)
@@ -360,6 +388,7 @@ def run_prediction(
                     "predicted": classes[int(p.argmax())],
                     "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
                     "views": views,
+                    "memory_mode": memory_mode,
                     "memory_reliance": round(reliance[i], 4) if reliance else None,
                     "familiarity": round(familiarity[i], 4) if familiarity else None,
                     "out_of_distribution": bool(familiarity[i] < threshold) if familiarity and threshold is not None else None,
@@ -397,12 +426,13 @@ def merge_outputs(out: Path, classes: list[str], explain: bool) -> dict:
     ordered = [rows[k] for k in sorted(rows)]
     with atomic_path(jsonl) as tmp:
         Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in ordered))
-    header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["views", "memory_reliance", "familiarity", "out_of_distribution", "similar_cases", *CASE_EVIDENCE_KEYS]
+    header = ["input", "series_uid", "predicted"] + [f"prob_{c}" for c in classes] + ["views", "memory_mode", "memory_reliance", "familiarity", "out_of_distribution", "similar_cases", *CASE_EVIDENCE_KEYS]
     table = []
     for r in ordered:
         cases = ["; ".join(case_cell(c) for c in r.get(key, [])) for key in ("similar_cases", *CASE_EVIDENCE_KEYS)]
         views = r.get("views", 1)  # rows from before --dihedral existed (a resumed run) were single-view
-        table.append([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [views, r["memory_reliance"], r["familiarity"], r["out_of_distribution"], *cases])
+        mode = r.get("memory_mode", "prototypes")  # rows from before --memory-mode existed read the prototypes
+        table.append([r["input"], r["series_uid"], r["predicted"]] + [r["probabilities"][c] for c in classes] + [views, mode, r["memory_reliance"], r["familiarity"], r["out_of_distribution"], *cases])
     write_text_atomic(csv_text(header, table), out / "predictions.csv")
     write_text_atomic(csv_text(["input", "reason"], sorted(errors.items())), errors_csv)
     for part in pred_parts + error_parts:

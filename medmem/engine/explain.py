@@ -72,9 +72,10 @@ def write_index(out_dir: Path, rows: list[dict], classes: list[str]) -> Path:
         flag = ' <b class="ood">out of distribution</b>' if r.get("out_of_distribution") else ""
         img = f'explain/{safe_name(r["input"])}.png'
         similar = ", ".join(html.escape(c["class"]) + (" <i>(pseudo-label)</i>" if c.get("pseudo_label") else "") for c in r.get("similar_cases", [])[:4])
+        reliance = "memory off" if r.get("memory_mode") == "off" else r.get("memory_reliance")  # off: cases recalled, not read
         body.append(
             f"<tr><td>{html.escape(r['input'])}</td><td>{html.escape(r['predicted'])} ({p:.2f}){flag}</td>"
-            f"<td>{r.get('memory_reliance')}</td><td>{similar}</td><td><a href=\"{img}\"><img src=\"{img}\" height=\"110\"></a></td></tr>"
+            f"<td>{reliance}</td><td>{similar}</td><td><a href=\"{img}\"><img src=\"{img}\" height=\"110\"></a></td></tr>"
         )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>medmem predictions</title>

@@ -102,7 +102,8 @@ def summarize_checkpoint(
     logger.info("prototypes: val ACC %.4f (full memory %.4f, memory off %.4f); network time %.2fs vs %.2fs", proto["acc"], full["acc"], off["acc"], proto_seconds, chosen["full_seconds"])
     if best != "prototypes":
         logger.warning("on validation the network scores best with memory mode %r (%s); model.pt ships the prototypes: deploy with "
-                       "--inference_memory_mode %s (on model_full.pt) to follow validation", best, by_mode[best], best)  # fmt: skip
+                       "--inference_memory_mode %s (on model_full.pt)%s to follow validation", best, by_mode[best], best,
+                       " or medmem predict --memory-mode off (on model.pt)" if best == "off" else "")  # fmt: skip
     print({k: report[k] for k in ("validation_full_memory", "validation_prototypes", "validation_memory_off", "best_on_validation", "delta_acc", "prototypes_kept")})
     return report
 
