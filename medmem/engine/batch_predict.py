@@ -300,9 +300,9 @@ def run_prediction(
 
     With ``memory_mode`` ``off`` the probabilities come from the same weights with every memorising layer run as plain
     self-attention (what the summarise step scores as ``validation_memory_off`` and names when it validates best; rows say
-    ``"memory_mode": "off"``). The evidence then comes from a second pass that reads the prototypes: similar cases and
-    familiarity are what the memory recalls for the image, not what the prediction used, and ``memory_reliance`` is
-    empty. A case vote was weighed against the network as it reads its memory, so it is refused with ``off``.
+    ``"memory_mode": "off"``). The evidence then comes from a separate pass that reads the prototypes: similar cases,
+    familiarity and the attention map are what that pass recalls and attends to for the image, not what the prediction
+    used, and ``memory_reliance`` is empty. A case vote was weighed against the network as it reads its memory, so it is refused with ``off``.
 
     Under ``torchrun`` each process takes every N-th input and appends to its own part files
     (``predictions.part<rank>.jsonl``, ``errors.part<rank>.jsonl``); rank 0 merges them into one set of
@@ -364,11 +364,12 @@ def run_prediction(
                 network(images)  # the prototypes' recall of the image itself, kept as evidence; its output is not used
                 reliance, similar, familiarity = _evidence_rows(network, card, top_cases)
                 reliance = []  # the prediction below reads no memory
+                deployed = network.config["memory_mode"]
                 network.set_memory_mode("off")  # a plain layer keeps the evidence the pass above recorded
                 try:
                     probs = dihedral_probabilities(network, images) if dihedral else network(images).softmax(-1)
                 finally:
-                    network.set_memory_mode("prototypes")
+                    network.set_memory_mode(deployed)
             else:
                 probs = dihedral_probabilities(network, images) if dihedral else network(images).softmax(-1)
                 reliance, similar, familiarity = _evidence_rows(network, card, top_cases)
