@@ -4,7 +4,8 @@ At 1% a study cell trains one step per epoch, so writing the last checkpoint (ne
 weighs as much as the step. Bundle 0.21.0 writes it with each validation (``checkpoint_interval`` = ``val_interval``)
 and at the last epoch. This trains the same cell (brain MRI 1%, the memory ViT ``movit_cs``, seed 0, 300 epochs,
 ``val_interval`` 30, as ``benchmarks/regimes/run_regimes.py`` sets it) with ``--checkpoint_interval 1`` and 30,
-alternating, ``--repeats`` times each, one torch thread, and checks that both give the same best model to the bit.
+alternating, ``--repeats`` times each, one torch thread, and checks that both give the same best model to the bit
+(``--intensity_augment``: with the bundle's default jitter, whose random draws a save must not disturb either).
 
     MEDMEM_DATA_ROOT=../shared/datasets python benchmarks/checkpoint_interval.py --repeats 2 \
         --out benchmarks/results/checkpoint_interval.md
@@ -49,7 +50,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "checkpoint_interval.md"))
+    p.add_argument("--intensity_augment", action="store_true", help="the bundle's default jitter (its random draws too)")
     args = p.parse_args()
+    if args.intensity_augment:
+        CELL["intensity_augment"] = "true"
     times: dict[int, list[float]] = {1: [], 30: []}
     best: dict[int, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,7 +67,7 @@ def main() -> None:
     lines = [
         "# Checkpoint interval: a 1% study cell's training time",
         "",
-        f"Command: `{' '.join(['python', 'benchmarks/checkpoint_interval.py', '--repeats', str(args.repeats), '--out', 'benchmarks/results/checkpoint_interval.md'])}`  ",
+        f"Command: `{' '.join(['python', 'benchmarks/checkpoint_interval.py', '--repeats', str(args.repeats), '--out', os.path.relpath(args.out, REPO)] + (['--intensity_augment'] if args.intensity_augment else []))}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; torch {torch.__version__}, one thread per run.  ",
         f"Cell: `{json.dumps(CELL)}` (the study's `movit_cs` at brain MRI 1%, seed 0: one optimiser step per epoch).  ",
         "Wall time of `train.json` (process start to exit, data caching included); runs alternate between the two settings.",
