@@ -69,7 +69,7 @@ def main() -> None:
         "",
         f"Command: `{' '.join(['python', 'benchmarks/checkpoint_interval.py', '--repeats', str(args.repeats), '--out', os.path.relpath(args.out, REPO)] + (['--intensity_augment'] if args.intensity_augment else []))}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; torch {torch.__version__}, one thread per run.  ",
-        f"Cell: `{json.dumps(CELL)}` (the study's `movit_cs` at brain MRI 1%, seed 0: one optimiser step per epoch).  ",
+        f"Cell: `{json.dumps(CELL)}` (the study's `{'movit_cs_ia' if args.intensity_augment else 'movit_cs'}` at brain MRI 1%, seed 0: one optimiser step per epoch).  ",
         "Wall time of `train.json` (process start to exit, data caching included); runs alternate between the two settings.",
         "",
         "| checkpoint_interval | last checkpoints written | wall s, each run | median s |",
