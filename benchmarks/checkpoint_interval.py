@@ -1,7 +1,7 @@
 """Wall time of a study cell's training with the last checkpoint written every epoch against every validation.
 
 At 1% a study cell trains one step per epoch, so writing the last checkpoint (network, optimiser, memory) each epoch
-weighs as much as the step. Bundle 0.21.0 writes it with each validation (``checkpoint_interval`` = ``val_interval``)
+is paid once per step. Bundle 0.21.0 writes it with each validation (``checkpoint_interval`` = ``val_interval``)
 and at the last epoch. This trains the same cell (brain MRI 1%, the memory ViT ``movit_cs``, seed 0, 300 epochs,
 ``val_interval`` 30, as ``benchmarks/regimes/run_regimes.py`` sets it) with ``--checkpoint_interval 1`` and 30,
 alternating, ``--repeats`` times each, one torch thread, and checks that both give the same best model to the bit

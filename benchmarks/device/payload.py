@@ -15,9 +15,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from medmem.data.readers import NPZ_REF_SEP
+from medmem.paths import resolve_data_root
+
 REPO = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(REPO))
-from medmem.paths import resolve_data_root  # noqa: E402
 
 
 def main() -> None:
@@ -26,14 +27,16 @@ def main() -> None:
         dataset, regime = arg.split(":")
         manifest = json.loads((REPO / "data_manifests" / f"{dataset}.json").read_text())
         entries = [manifest["training"][i] for i in manifest["regimes"][regime]] + manifest["validation"] + manifest["test"]
+        # a MedMNIST entry names an image inside an .npz archive (path#split/index): the archive is the file to copy
+        files = sorted({entry["image"].partition(NPZ_REF_SEP)[0] for entry in entries})
         copied = 0
-        for entry in entries:
-            out = dst / entry["image"]
+        for name in files:
+            out = dst / name
             if not out.exists():
                 out.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(root / entry["image"], out)
+                shutil.copy2(root / name, out)
                 copied += 1
-        print(f"{dataset} {regime}%: {len(entries)} images, {copied} copied to {dst}")
+        print(f"{dataset} {regime}%: {len(entries)} images in {len(files)} files, {copied} copied to {dst}")
 
 
 if __name__ == "__main__":

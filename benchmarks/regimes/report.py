@@ -122,7 +122,9 @@ HEADINGS = {
                    "in the seed-1 trunk (`_trunkvotep_cs_pool10_s1`), the plain ViT fine-tuned from that trunk (`vit_cs_ssl10s1`), its "
                    "k-NN and its own trunk vote. Session 35: seeds 3, 4 and 5 of PneumoniaMNIST 1% and brain MRI 1% (`vit_cs`, "
                    "`movit_cs`, `vit_cs_knn`, geometry-only), the cells where the memory ViT trained from scratch leads, and seeds 3 "
-                   "and 4 of PneumoniaMNIST 3% (the lead there was +1.1 over seeds 0-2). Seeds 0-2 of the "
+                   "and 4 of PneumoniaMNIST 3% (the lead there was +1.1 over seeds 0-2). Session 36: PneumoniaMNIST 3% seed 5, and "
+                   "seeds 3-5 of the 1% cells with the bundle's default jitter (`vit_cs_ia`, `movit_cs_ia`, `vit_cs_ia_knn`; their seeds "
+                   "0-2 are in [ablations.md](ablations.md)). Seeds 0-2 of the "
                    "same models are in [case_vote.md](case_vote.md). Paired over every seed, e.g. "
                    "`python benchmarks/regimes/paired_deltas.py vit_cs_ssl_all5 movit_cs_ssl_all5_nv "
                    "--csv benchmarks/results/case_vote.csv benchmarks/results/more_seeds.csv`."),

@@ -343,9 +343,9 @@ def run_prediction(
     views = 8 if dihedral else 1
     if any(r.get("views", 1) != views for r in done_rows):  # one table, one way of scoring
         raise ValueError(f"{out}: the predictions there were made {'without' if dihedral else 'with'} --dihedral; resume them the same way, or use a new output folder")
-    if any(r.get("memory_mode", "prototypes") != memory_mode for r in done_rows):
-        made = next(r.get("memory_mode", "prototypes") for r in done_rows if r.get("memory_mode", "prototypes") != memory_mode)
-        raise ValueError(f"{out}: the predictions there were made with memory mode {made}; resume them the same way, or use a new output folder")
+    other_modes = {r.get("memory_mode", "prototypes") for r in done_rows} - {memory_mode}  # rows before --memory-mode: prototypes
+    if other_modes:
+        raise ValueError(f"{out}: the predictions there were made with memory mode {other_modes.pop()}; resume them the same way, or use a new output folder")
     studies, discovery_errors = discover_studies(inputs)
     my_part, my_errors = out / f"predictions.part{rank}.jsonl", out / f"errors.part{rank}.jsonl"
     if rank == 0:
